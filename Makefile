@@ -1,0 +1,30 @@
+# clipasso-pl: every verb installs into .venv first when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+EXPERIMENT ?=
+
+.PHONY: install sketch test bench-render sweep clean
+
+install: $(STAMP)
+
+# Reinstall only when the pinned requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+sketch: install
+	$(VENV)/bin/clipasso-pl sketch $(ARGS)
+
+test: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest $(ARGS)
+
+bench-render: install
+	$(VENV)/bin/clipasso-pl bench $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

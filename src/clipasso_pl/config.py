@@ -1,0 +1,46 @@
+"""Where the Hydra configs live, and composing them from Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+_PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"  # wheel install (force-included)
+_REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # source checkout / editable install
+
+
+def config_dir() -> Path:
+    """The directory holding ``sketch.yaml`` and the config groups."""
+    for d in (_REPO_CONFIGS, _PACKAGE_CONFIGS):
+        if (d / "sketch.yaml").is_file():
+            return d
+    raise FileNotFoundError(f"clipasso-pl configs not found in {_REPO_CONFIGS} or {_PACKAGE_CONFIGS}")
+
+
+def override_value(value: Any) -> str:
+    """A Python value as a Hydra override value: lists, None, bools, numbers, strings."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    return text if all(c.isalnum() or c in "-_./~" for c in text) else "'" + text.replace("'", "\\'") + "'"
+
+
+def compose(config_name: str = "sketch", overrides: list[str] | None = None, **values: Any) -> DictConfig:
+    """Compose a config as the CLI would, with overrides as strings and/or keyword values.
+
+    ``compose("sketch", ["preset=smoke"], strokes=8, seeds=[0])``
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    all_overrides = list(overrides or []) + [f"{k}={override_value(v)}" for k, v in values.items()]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=all_overrides)

@@ -1,0 +1,184 @@
+"""SketchModule: the control points of S seeds of one image, optimised against CLIP.
+
+One training step renders all seeds, augments every (sketch, target) pair with that
+seed's own generator, runs one CLIP forward over all views and sums the per-seed
+losses. Seeds never mix: the gradient of seed k depends only on seed k's strokes and
+draws, so seed k gives the same sketch alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .strokes import Strokes
+
+
+class StepDataset(Dataset):
+    """``steps`` dummy items: one optimisation step each (the target lives in the module)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def step_loader(steps: int) -> DataLoader:
+    return DataLoader(StepDataset(steps), batch_size=None, shuffle=False)
+
+
+@dataclass
+class EvalRecord:
+    """The eval loss at one step, taken before that step's update.
+
+    terms: per-seed values [S] of every named loss term (``loss`` is the total).
+    points: the control points that were evaluated [S, N, 4, 2].
+    """
+
+    step: int
+    terms: dict[str, Tensor]
+    points: Tensor
+    active: Tensor = field(default=None)
+
+
+class SketchModule(pl.LightningModule):
+    """Optimises ``points: [S, N, 4, 2]`` (pixels) for S seeds of one target.
+
+    target: [3, H, W] in [0, 1]; clip: a ``ClipFeatures``; loss: a ``ClipassoLoss``;
+    augment: a ``JointAugment``; renderer: a ``Renderer``; init: a ``StrokeInit``
+    (used when no ``initial_points`` are given).
+    """
+
+    def __init__(
+        self,
+        target: Tensor,
+        clip: nn.Module,
+        loss: nn.Module,
+        augment: nn.Module,
+        renderer,
+        init,
+        seeds: list[int],
+        strokes: int = 16,
+        half_width: float = 1.5,
+        lr: float = 1.0,
+        eval_interval: int = 10,
+        initial_points: Tensor | None = None,
+    ):
+        super().__init__()
+        if strokes < 1:
+            raise ValueError("strokes must be >= 1")
+        self.seeds = list(seeds)
+        self.num_strokes = strokes
+        self.half_width = half_width
+        self.lr = lr
+        self.eval_interval = eval_interval
+        self.clip = clip.requires_grad_(False).eval()
+        self.loss_fn = loss
+        self.augment = augment
+        self.renderer = renderer
+        self.init = init
+        self.height, self.width = target.shape[-2:]
+        S = len(self.seeds)
+        self.register_buffer("target", target[None].float())
+        self.points = nn.Parameter(torch.zeros(S, strokes, 4, 2))
+        self.register_buffer("active", torch.ones(S, dtype=torch.bool))
+        self.register_buffer("initialized", torch.tensor(False))
+        if initial_points is not None:
+            if initial_points.shape != self.points.shape:
+                raise ValueError(f"initial_points must be {tuple(self.points.shape)}, got {tuple(initial_points.shape)}")
+            self.points.data.copy_(initial_points)
+            self.initialized.fill_(True)
+        # One generator per seed: its init draws come first, then its augmentation draws.
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
+        self.init_results: list | None = None
+        self.last_train: dict[str, Tensor] | None = None
+        self.last_eval: EvalRecord | None = None
+        self._target_eval_feats: dict[str, Tensor] | None = None
+        # The frozen CLIP is rebuilt from config, never saved as state.
+        self.strict_loading = False
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self, *args, **kwargs):
+        sd = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in sd.items() if not k.startswith(("clip.", "init."))}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["generator_states"] = [g.get_state() for g in self.generators]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for g, state in zip(self.generators, checkpoint.get("generator_states", [])):
+            g.set_state(state)
+
+    # ------------------------------------------------------------------ init
+    def initialize(self) -> list:
+        """Draw initial strokes for every seed with its own generator; returns the InitResults."""
+        results = [self.init(self.target[0].cpu(), self.num_strokes, g) for g in self.generators]
+        with torch.no_grad():
+            self.points.copy_(torch.stack([r.points for r in results]).to(self.points))
+        self.initialized.fill_(True)
+        self.init_results = results
+        return results
+
+    def on_fit_start(self) -> None:
+        if not bool(self.initialized):
+            self.initialize()
+
+    # ------------------------------------------------------------- rendering
+    def strokes(self, points: Tensor | None = None) -> Strokes:
+        return Strokes.constant(self.points if points is None else points, self.half_width)
+
+    def render(self, points: Tensor | None = None) -> Tensor:
+        """Sketch pixels [S, 3, H, W] of the current (or given) control points."""
+        return self.renderer.render(self.strokes(points), self.height, self.width)
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, sketches: Tensor) -> dict[str, Tensor]:
+        """Augmented CLIP loss. sketches: [S, 3, H, W] -> per-seed terms [S]."""
+        sketch_views, target_views = self.augment(sketches, self.target, self.generators)
+        with torch.no_grad():
+            target_feats = self.clip(target_views)
+        return self.loss_fn(self.clip(sketch_views), target_feats, len(self.seeds))
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalRecord:
+        """Loss on the plain (sketch, target) pair of every seed, no augmentation."""
+        if self._target_eval_feats is None:
+            self._target_eval_feats = {k: v.expand(len(self.seeds), *v.shape[1:]) for k, v in self.clip(self.target).items()}
+        terms = self.loss_fn(self.clip(self.render()), self._target_eval_feats, len(self.seeds))
+        return EvalRecord(int(self.global_step), {k: v.detach() for k, v in terms.items()},
+                          self.points.detach().clone(), self.active.clone())
+
+    def training_step(self, batch, batch_idx):
+        step = int(self.global_step)
+        if self.eval_interval > 0 and step % self.eval_interval == 0:
+            self.last_eval = self.evaluate()
+            self.log("eval/loss", self.last_eval.terms["loss"].mean(), prog_bar=True)
+        else:
+            self.last_eval = None
+        terms = self.compute_loss(self.render())
+        self.last_train = {k: v.detach() for k, v in terms.items()}
+        self.log("train/loss", self.last_train["loss"].mean(), prog_bar=True)
+        # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.
+        return (terms["loss"] * self.active).sum()
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        frozen = ~self.active
+        kept = self.points.detach()[frozen].clone()
+        super().optimizer_step(*args, **kwargs)
+        if frozen.any():  # Adam's momentum would keep moving stopped seeds
+            with torch.no_grad():
+                self.points[frozen] = kept
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([self.points], lr=self.lr)
+
+    def on_train_start(self) -> None:
+        self.clip.eval()
