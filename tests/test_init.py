@@ -61,6 +61,44 @@ def test_xdog_normalised_input_differs_from_pixels():
     assert not torch.equal(a, b)
 
 
+def test_xdog_matches_an_independent_scipy_recomputation():
+    # The reference blurs with scipy.ndimage.gaussian_filter (boundary "reflect"). Content
+    # touching the border makes a different boundary rule visible in the wide (sigma 8) blur.
+    from scipy.ndimage import gaussian_filter
+    from skimage.filters import threshold_otsu
+
+    g = torch.Generator().manual_seed(7)
+    img = F.interpolate(torch.rand(1, 3, 12, 12, generator=g), size=(80, 80), mode="bilinear")[0]
+    img[:, :, :5] = 0.05  # a dark band along the left border
+    for normalized in (True, False):
+        arr = img.double().numpy().transpose(1, 2, 0)
+        if normalized:
+            arr = (arr - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array([0.26862954, 0.26130258, 0.27577711])
+        gray = arr @ np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709 luminance, as rgb2gray
+        d = gaussian_filter(gray, 0.8) - 0.98 * gaussian_filter(gray, 8.0)
+        soft = np.where(d < -0.1, 1.0, 1.0 + np.tanh(200 * d))
+        soft = (soft - soft.min()) / (soft.max() - soft.min())
+        paper = soft >= threshold_otsu(soft)  # the reference's image: True = white paper
+        edges = xdog_edges(img, normalized_input=normalized).numpy()
+        assert 0.02 < edges.mean() < 0.9
+        np.testing.assert_array_equal(edges, 1.0 - paper)
+
+
+def test_saliency_xdog_probability_lives_on_the_edges():
+    # Uniform saliency times the XDoG edges of the square: every start lies in the XDoG line
+    # along the outline, i.e. the product keeps strokes ON edges (the paper's
+    # (1 - XDoG image) * saliency). With phi 200 / eps -0.1 that line is a dark halo of
+    # about 14 px on the darker side of the step (measured: d = 1..14), never the interior.
+    img = square_image(0.8, 1.0)
+    p = sampling_probability(torch.ones(S, S), xdog_edges(img), 0.3)
+    d = border_distance()
+    assert p[d <= 0].sum() == 0 and p[d >= 16].sum() == 0
+    assert p[(d >= 1) & (d <= 3)].sum() > 0.15, "the line starts right at the outline"
+    starts = sample_start_points(p, 40, torch.Generator().manual_seed(0)).long()
+    on = d[starts[:, 1], starts[:, 0]]
+    assert (on >= 1).all() and (on <= 15).all()
+
+
 def test_xdog_flat_image_has_no_edges():
     assert xdog_edges(torch.full((3, 32, 32), 0.7)).sum() == 0
 
@@ -210,8 +248,10 @@ def test_stroke_init_saliency_modes(mode, tiny_vit):
     # Every start is a pixel with non-zero probability.
     ix = a.starts.long()
     assert (a.probability[ix[:, 1], ix[:, 0]] > 0).all()
+    # The reference's step is 0.05 * (U - 0.5) of the side: at most 0.025 * 224 = 5.6 px per axis.
     steps = a.points[:, 1:] - a.points[:, :-1]
-    assert steps.abs().max() <= 0.05 * 224 + 1e-4
+    assert steps.abs().max() <= 0.025 * 224 + 1e-4
+    assert steps.abs().max() > 0.02 * 224, "the window is used in full"
     if mode == "saliency_xdog":
         edges = xdog_edges(target)
         assert (edges[ix[:, 1], ix[:, 0]] == 1).all(), "saliency_xdog starts lie on XDoG edges"

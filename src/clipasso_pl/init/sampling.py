@@ -85,7 +85,8 @@ def random_walk(starts: Tensor, radius_px: float, generator: torch.Generator, nu
     """Cubic Bézier control points by a short random walk from each start.
 
     starts: Tensor  # [n, 2] (x, y) pixels
-    radius_px: max step per axis in pixels (the paper: 0.05 * canvas side)
+    radius_px: max step per axis in pixels (``StrokeInit`` passes 0.5 * radius * side,
+        i.e. 5.6 px for the paper's radius 0.05 on a 224 canvas; see ``StrokeInit``)
     returns: Tensor  # [n, num_points, 2] float32; point j+1 = point j + U[-radius, radius]^2
 
     Points are not clamped to the canvas: the optimiser may move them back, and a

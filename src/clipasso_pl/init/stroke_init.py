@@ -39,7 +39,9 @@ class StrokeInit:
     model / pretrained: the CLIP ViT for the saliency map (``init.model``, ``init.pretrained``:
     a pretrained tag, a local checkpoint path or None for random weights); loaded once, lazily.
     temperature: softmax temperature over the non-zero scores.
-    radius: random-walk step as a fraction of the canvas side (0.05 -> 11.2 px at 224).
+    radius: width of the random-walk step window as a fraction of the canvas side. The
+        reference code adds ``radius * (U[0, 1) - 0.5)`` in normalised coordinates, so with
+        its radius 0.05 each step is uniform in +-0.025 * side (+-5.6 px at 224), not +-0.05.
     xdog_normalized_input: run XDoG on the CLIP-normalised image (as the paper's code does).
     """
 
@@ -93,7 +95,8 @@ class StrokeInit:
             edges = xdog_edges(target, normalized_input=self.xdog_normalized_input) if self.mode == "saliency_xdog" else None
             probability = sampling_probability(saliency, edges, self.temperature)
             starts = sample_start_points(probability, num_strokes, generator)
-        points = random_walk(starts, self.radius * max(H, W), generator)
+        # Half the window per side: the reference's step is radius * (U - 0.5) (see class doc).
+        points = random_walk(starts, 0.5 * self.radius * max(H, W), generator)
         return InitResult(points=points.float(), starts=starts.float(), saliency=saliency, probability=probability)
 
     def __repr__(self) -> str:
