@@ -1,0 +1,108 @@
+"""Intermediate features of a frozen CLIP image tower, as CLIPasso's geometric loss needs them.
+
+The forward pass walks open_clip's own submodules (stem, layer1..4, attnpool; or the
+ViT embedding, each residual block, pooling and projection), so the numbers are those of
+the real model and gradients reach the input images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .models import load_clip_model
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESNET_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def is_vit(model: nn.Module) -> bool:
+    """True for open_clip's VisionTransformer tower, False for ModifiedResNet."""
+    visual = getattr(model, "visual", model)
+    return hasattr(visual, "transformer") and hasattr(visual, "_embeds")
+
+
+def image_size(model: nn.Module) -> tuple[int, int]:
+    size = getattr(getattr(model, "visual", model), "image_size", 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def normalize(images: Tensor) -> Tensor:
+    """images: [B, 3, H, W] in [0, 1] -> CLIP-normalised."""
+    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def prepare(model: nn.Module, images: Tensor) -> Tensor:
+    """Resize to the tower's input size when needed (positional embeddings fix it), then normalise."""
+    size = image_size(model)
+    if tuple(images.shape[-2:]) != size:
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    dtype = next(model.parameters()).dtype
+    return normalize(images).to(dtype)
+
+
+def vit_blocks(visual: nn.Module, x: Tensor):
+    """Yield each transformer block's output [B, T, D] (batch first) of an embedded ViT input."""
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in visual.transformer.resblocks:
+        x = block(x)
+        yield x if batch_first else x.transpose(0, 1)
+
+
+def resnet_features(visual: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    x = visual.stem(x)
+    feats = {"stem": x}
+    for name in RESNET_LAYERS[1:]:
+        x = feats[name] = getattr(visual, name)(x)
+    feats["fc"] = visual.attnpool(x)
+    return feats
+
+
+def vit_features(visual: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    feats = {}
+    tokens = visual._embeds(x)
+    for i, tokens in enumerate(vit_blocks(visual, tokens)):
+        feats[f"block{i}"] = tokens
+    pooled, _ = visual._pool(tokens)
+    feats["fc"] = pooled @ visual.proj if visual.proj is not None else pooled
+    return feats
+
+
+class ClipFeatures(nn.Module):
+    """Frozen CLIP image tower returning the tapped layers and the final embedding.
+
+    forward(images: [B, 3, H, W] in [0, 1]) -> dict:
+      ResNet: stem [B, C, H/4, W/4], layer1..layer4 [B, C_l, h_l, w_l], fc [B, E]
+      ViT:    block0..block{L-1} [B, T, D] (CLS + patch tokens), fc [B, E]
+    """
+
+    def __init__(self, model: str | nn.Module, pretrained: str | None = None, key: str = "clip"):
+        super().__init__()
+        self.model = load_clip_model(model, pretrained, key=key) if isinstance(model, str) else model
+        self.model.requires_grad_(False).eval()
+        self.name = model if isinstance(model, str) else type(model).__name__
+        self.pretrained = pretrained
+        self.is_vit = is_vit(self.model)
+        if self.is_vit:
+            n = len(self.model.visual.transformer.resblocks)
+            self.layer_names = [f"block{i}" for i in range(n)]
+        else:
+            self.layer_names = list(RESNET_LAYERS)
+
+    def train(self, mode: bool = True):
+        # The CLIP stays in eval mode (batch-norm statistics, no dropout) whatever the parent does.
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        x = prepare(self.model, images)
+        visual = self.model.visual
+        feats = vit_features(visual, x) if self.is_vit else resnet_features(visual, x)
+        return {k: v.float() for k, v in feats.items()}

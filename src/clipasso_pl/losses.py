@@ -1,0 +1,80 @@
+"""CLIPasso's loss over tapped CLIP features, kept per seed.
+
+geometric = sum_l w_l * mean((f_l(sketch) - f_l(target))^2)   over the weighted layers
+semantic  = fc_weight * (1 - cos(e(sketch), e(target)))          on the final embeddings
+Each term is averaged over the views of one seed, so seeds never mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def _match_target(target: Tensor, batch: int, num_seeds: int) -> Tensor:
+    """Target rows for each sketch row: the same batch, one row per seed (shared by its views), or one row."""
+    n = target.shape[0]
+    if n == batch:
+        return target
+    if n == num_seeds:
+        return target.repeat_interleave(batch // num_seeds, dim=0)
+    if n == 1:
+        return target.expand(batch, *target.shape[1:])
+    raise ValueError(f"target features have batch {n}; expected {batch}, {num_seeds} (one per seed) or 1")
+
+
+class ClipassoLoss(nn.Module):
+    """forward(sketch_feats, target_feats, num_seeds) -> dict of per-seed tensors [S].
+
+    Keys: ``conv/<layer>`` for each layer with a nonzero weight (unweighted mean squared
+    error), ``fc`` (unweighted 1 - cos, when fc_weight != 0) and ``loss`` (weighted total).
+    sketch_feats rows are seed-major: S * V rows, V views per seed.
+    """
+
+    def __init__(self, conv_layer_weights: Sequence[float], fc_weight: float = 0.1, layer_names: Sequence[str] | None = None):
+        super().__init__()
+        names = list(layer_names) if layer_names is not None else list(DEFAULT_LAYERS)
+        weights = [float(w) for w in conv_layer_weights]
+        if len(weights) != len(names):
+            raise ValueError(
+                f"conv_layer_weights has {len(weights)} entries but the CLIP model has {len(names)} layers "
+                f"({', '.join(names)}): give one weight per layer"
+            )
+        self.layer_names = names
+        self.conv_layer_weights = weights
+        self.fc_weight = float(fc_weight)
+        self.active = {n: w for n, w in zip(names, weights) if w != 0.0}
+
+    def extra_repr(self) -> str:
+        return f"conv={self.active}, fc_weight={self.fc_weight}"
+
+    def forward(self, sketch_feats: dict[str, Tensor], target_feats: dict[str, Tensor], num_seeds: int) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        total = None
+        for name in list(self.active) + (["fc"] if self.fc_weight != 0.0 else []):
+            fs = sketch_feats[name]
+            B = fs.shape[0]
+            if B % num_seeds:
+                raise ValueError(f"sketch features have batch {B}, not a multiple of num_seeds={num_seeds}")
+            ft = _match_target(target_feats[name].detach(), B, num_seeds)
+            if name == "fc":
+                per_view = 1.0 - F.cosine_similarity(fs.flatten(1), ft.flatten(1), dim=1)
+                weight = self.fc_weight
+                key = "fc"
+            else:
+                per_view = (fs - ft).pow(2).flatten(1).mean(dim=1)
+                weight = self.active[name]
+                key = f"conv/{name}"
+            per_seed = per_view.view(num_seeds, -1).mean(dim=1)
+            terms[key] = per_seed
+            total = weight * per_seed if total is None else total + weight * per_seed
+        if total is None:
+            any_feat = next(iter(sketch_feats.values()))
+            total = any_feat.new_zeros(num_seeds)
+        terms["loss"] = total
+        return terms
