@@ -11,19 +11,6 @@ from torch import Tensor
 from ..errors import ClipassoError
 
 
-def is_vit(model) -> bool:
-    """True for an open_clip CLIP whose visual tower is a VisionTransformer."""
-    visual = getattr(model, "visual", None)
-    return visual is not None and hasattr(visual, "transformer") and hasattr(visual, "conv1")
-
-
-def model_image_size(model) -> tuple[int, int]:
-    size = getattr(getattr(model, "visual", None), "image_size", 224)
-    if isinstance(size, int):
-        return size, size
-    return int(size[0]), int(size[1])
-
-
 def cls_attention_grid(attention: Tensor) -> Tensor:
     """CLS-to-patch attention averaged over blocks and heads, on the patch grid.
 
@@ -58,6 +45,7 @@ def saliency_map(image: Tensor, model, model_key: str = "init.model") -> Tensor:
     (7x7 for ViT-B/32 at 224), upsampled bicubically to [H, W] and min-max normalised.
     """
     from ..clip import vit_attention
+    from ..clip.features import image_size, is_vit
 
     if not is_vit(model):
         raise ClipassoError(
@@ -65,7 +53,7 @@ def saliency_map(image: Tensor, model, model_key: str = "init.model") -> Tensor:
             "set it to a ViT or use init=random"
         )
     H, W = image.shape[-2:]
-    size = model_image_size(model)
+    size = image_size(model)
     x = image[None].float()
     if (H, W) != size:
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)

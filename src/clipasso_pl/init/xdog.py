@@ -12,9 +12,7 @@ from skimage.color import rgb2gray
 from skimage.filters import gaussian, threshold_otsu
 from torch import Tensor
 
-# CLIP's input normalisation (the same constants as clip/).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ..clip.features import CLIP_MEAN, CLIP_STD
 
 
 def xdog_edges(
