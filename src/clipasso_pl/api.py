@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import warnings
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ClipassoError
-from .images import atomic_write_text, default_target_path, load_target, save_png
+from .images import atomic_write_text, load_target, resolve_target, save_png
 
 
 @dataclass
@@ -50,7 +52,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def target_path(cfg: DictConfig) -> Path:
-    return Path(cfg.target) if cfg.target else default_target_path()
+    return resolve_target(cfg.target)
 
 
 def build_clip(clip_cfg: DictConfig, device: torch.device | str = "cpu"):
@@ -91,12 +93,15 @@ def build_module(cfg: DictConfig, target: torch.Tensor):
         lr=float(cfg.lr),
         eval_interval=int(cfg.eval_interval),
         initial_points=initial_points(cfg),
+        max_nonfinite=int(cfg.get("max_nonfinite", 10)),
     )
 
 
 def build_logger(cfg: DictConfig, run_dir: Path):
     if not cfg.get("logger"):
         return False
+    if cfg.get("resume") and "version" in cfg.logger:  # keep the first part's logs
+        return instantiate(cfg.logger, save_dir=str(run_dir), version=datetime.now().strftime("resumed-%H-%M-%S-%f"))
     return instantiate(cfg.logger, save_dir=str(run_dir))
 
 
@@ -105,31 +110,74 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
 
 
 def ensure_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ClipassoError(f"cannot write to the output directory {run_dir} ({e.strerror}): choose a writable hydra.run.dir") from None
+    """Refuse a run directory that cannot be created or written, before any work is done."""
+    existing = Path(run_dir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    reason = None
+    if not existing.is_dir():
+        reason = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no write permission on {existing}"
+    if reason is None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / ".write_test").write_bytes(b"")
+            (run_dir / ".write_test").unlink()
+        except OSError as e:
+            reason = e.strerror
+    if reason:
+        raise ClipassoError(f"output directory {run_dir} is not writable ({reason}): choose a writable hydra.run.dir=<dir>")
+
+
+def resume_config(resume: str | Path) -> tuple[DictConfig, Path]:
+    """The saved config of the run in ``resume`` and its last checkpoint."""
+    from .callbacks import checkpoint_path
+
+    run = Path(resume)
+    ckpt = checkpoint_path(run)
+    if not (run / "config.yaml").is_file():
+        raise ClipassoError(f"resume={run} is not a clipasso-pl run directory (no config.yaml): pass the run's output directory")
+    if not ckpt.is_file():
+        raise ClipassoError(f"resume={run} has no checkpoint {ckpt}: the run stopped before its first checkpoint_interval; start it again")
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.resume = str(run)
+    return cfg, ckpt
+
+
+# The frozen CLIP is in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
-    """Sketch ``cfg.target`` into ``run_dir``; returns the paths of the best sketch and the summary."""
+    """Sketch ``cfg.target`` into ``run_dir``; returns the paths of the best sketch and the summary.
+
+    With ``cfg.resume`` set to an earlier run directory, that run continues from its
+    last checkpoint, in its own directory, with its saved config.
+    """
     from .callbacks import BestSketch
     from .module import step_loader
 
+    ckpt = None
+    if cfg.get("resume"):
+        cfg, ckpt = resume_config(cfg.resume)
+        run_dir = cfg.resume
     validate(cfg)
     run_dir = Path(run_dir)
     target = load_target(target_path(cfg), size=int(cfg.canvas), fix_scale=bool(cfg.fix_scale))
     module = build_module(cfg, target)
     ensure_writable(run_dir)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    save_png(run_dir / "input.png", target)
+    if ckpt is None:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        save_png(run_dir / "input.png", target)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
     trainer = build_trainer(cfg, run_dir, callbacks)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    started = datetime.now().isoformat(timespec="milliseconds")
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=step_loader(int(cfg.steps)))
+    trainer.fit(module, train_dataloaders=step_loader(int(cfg.steps)), ckpt_path=ckpt)
     wall = time.perf_counter() - start
     best = next((c for c in callbacks if isinstance(c, BestSketch)), None)
     steps_run = int(trainer.global_step)
@@ -143,15 +191,27 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         "clip_weights": str(cfg.clip.pretrained) if cfg.clip.pretrained else "random",
         "init": cfg.init.mode,
         "strokes": int(cfg.strokes),
+        "experiment": cfg.get("experiment"),
+        "world_size": int(trainer.world_size),
+        "rank_divergence": getattr(module, "rank_divergence", 0.0),
         "seeds": list(cfg.seeds),
         "target": str(target_path(cfg)),
-        "finished": datetime.now().isoformat(timespec="seconds"),
+        "started": started,
+        "finished": datetime.now().isoformat(timespec="milliseconds"),
     }
     if trainer.global_rank == 0:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         for lg in trainer.loggers:
             lg.log_metrics({"time/total_s": wall}, step=steps_run)
     return SketchResult(run_dir, run_dir / "best.svg", run_dir / "best.png", summary)
+
+
+def pin_job_device(cfg: DictConfig, job_num: int) -> None:
+    """In a sweep on one machine, job ``n`` uses GPU ``n mod (visible GPUs)``; CPU when there are none."""
+    count = torch.cuda.device_count()
+    if count and cfg.trainer.get("devices", 1) == 1 and cfg.trainer.get("strategy", "auto") == "auto":
+        cfg.trainer.accelerator = "gpu"
+        cfg.trainer.devices = [job_num % count]
 
 
 def new_run_dir(root: str | Path = "outputs") -> Path:

@@ -65,6 +65,7 @@ class LayerLossLogger(pl.Callback):
     def on_train_batch_end(self, trainer, module: SketchModule, outputs, batch, batch_idx) -> None:
         metrics = {f"train/{k}": v.mean() for k, v in module.last_train.items() if k != "loss"}
         metrics["time/step_s"] = torch.tensor(time.perf_counter() - self._t0)
+        metrics["train/lr"] = torch.tensor(trainer.optimizers[0].param_groups[0]["lr"])
         if module.last_eval is not None:
             terms = module.last_eval.terms
             metrics.update({f"eval/{k}": v.mean() for k, v in terms.items() if k != "loss"})
@@ -205,3 +206,101 @@ class EvalEarlyStopping(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.previous, self.calm = state_dict["previous"], state_dict["calm"]
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Saves ``checkpoints/last.ckpt`` every ``checkpoint_interval`` steps, atomically.
+
+    The checkpoint holds the control points, Adam's state, the step, the per-seed
+    generators, and the state of BestSketch and EvalEarlyStopping, so
+    ``clipasso-pl sketch resume=<run dir>`` continues exactly where the run stopped.
+    """
+
+    def __init__(self, checkpoint_interval: int = 100) -> None:
+        self.checkpoint_interval = checkpoint_interval
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.checkpoint_interval > 0 and step % self.checkpoint_interval == 0:
+            save_checkpoint(trainer)
+
+
+def checkpoint_path(run: Path) -> Path:
+    return Path(run) / "checkpoints" / "last.ckpt"
+
+
+def save_checkpoint(trainer: pl.Trainer) -> Path:
+    """Write the trainer's checkpoint to a temporary name, then rename it over last.ckpt."""
+    import os
+
+    path = checkpoint_path(run_dir(trainer))
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp)
+    if trainer.global_rank == 0:
+        os.replace(tmp, path)
+    return path
+
+
+class WandbMedia(pl.Callback):
+    """Pictures for a W&B dashboard; does nothing when W&B is not a logger of the run.
+
+    Logs the input and the saliency maps with their start points at initialisation,
+    every seed's sketch every ``log_image_interval`` steps, the best sketch per seed at
+    the end, and the best SVG as an artifact.
+    """
+
+    def __init__(self, log_image_interval: int = 100) -> None:
+        self.log_image_interval = log_image_interval
+
+    def _images(self, trainer, key: str, images: list, captions: list[str]) -> None:
+        from .tracking import wandb_run
+
+        run = wandb_run(trainer)
+        if run is None or trainer.global_rank != 0:
+            return
+        import wandb
+
+        from .images import to_uint8
+
+        pictures = [wandb.Image(to_uint8(im) if isinstance(im, torch.Tensor) else im, caption=c)
+                    for im, c in zip(images, captions)]
+        run.log({key: pictures}, step=trainer.global_step)
+
+    def on_train_start(self, trainer, module: SketchModule) -> None:
+        self._images(trainer, "images/input", [module.target[0]], ["target"])
+        results = module.init_results or []
+        if results and results[0].saliency is not None:
+            from .init import overlay
+
+            pics = [overlay(module.target[0].cpu(), r.saliency, r.starts) for r in results]
+            self._images(trainer, "images/saliency", pics, [f"seed {s}" for s in module.seeds])
+
+    def on_train_batch_start(self, trainer, module: SketchModule, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.log_image_interval > 0 and step % self.log_image_interval == 0:
+            with torch.no_grad():
+                sketches = module.render()
+            self._images(trainer, "images/sketch", list(sketches), [f"seed {s} step {step}" for s in module.seeds])
+
+    def on_fit_end(self, trainer, module: SketchModule) -> None:
+        from .tracking import wandb_run
+
+        run = wandb_run(trainer)
+        best = next((c for c in trainer.callbacks if isinstance(c, BestSketch)), None)
+        if run is None or best is None or best.best_points is None or trainer.global_rank != 0:
+            return
+        with torch.no_grad():
+            sketches = module.render(best.best_points.to(module.points))
+        self._images(trainer, "images/best", list(sketches),
+                     [f"seed {s}: eval loss {l:.4f} at step {int(t)}"
+                      for s, l, t in zip(module.seeds, best.best_loss.tolist(), best.best_step)])
+        import wandb
+
+        summary = best.summary(module)
+        run.summary.update({"best/loss": summary["best_loss"], "best/step": summary["best_step"],
+                            "best/seed": summary["best_seed"]})
+        artifact = wandb.Artifact(f"sketch-{run.id}", type="sketch", metadata=summary)
+        for name in ("best.svg", "best.png"):
+            if (run_dir(trainer) / name).is_file():
+                artifact.add_file(str(run_dir(trainer) / name), name=name)
+        run.log_artifact(artifact)

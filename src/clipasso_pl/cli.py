@@ -60,6 +60,11 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         compose(config_name, plain)
     except (HydraException, OmegaConfBaseException) as e:
         fail(" ".join(str(e).split()) + " (see the keys in configs/" + config_name + ".yaml)")
+    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    if run_dir:  # Hydra creates it before the command starts: check it first
+        from .api import ensure_writable
+
+        ensure_writable(Path(run_dir))
 
 
 def run_hydra(config_name: str, runner, argv: list[str]) -> None:
@@ -70,8 +75,15 @@ def run_hydra(config_name: str, runner, argv: list[str]) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def task(cfg):
+        from hydra.types import RunMode
+
+        from .api import pin_job_device
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN and "trainer" in cfg:
+            pin_job_device(cfg, int(hc.job.num))
         try:
-            return runner(cfg, Path(HydraConfig.get().runtime.output_dir))
+            return runner(cfg, Path(hc.runtime.output_dir))
         except ClipassoError as e:
             fail(str(e))
 

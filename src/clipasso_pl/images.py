@@ -159,12 +159,32 @@ def load_target(path: str | Path, size: int = 224, fix_scale: bool = True, what:
     return pil_to_tensor(img)
 
 
-def default_target_path(cache_dir: str | Path | None = None) -> Path:
-    """scikit-image's bundled ``chelsea`` cat photo, written once as a PNG so it goes through :func:`load_target`."""
+SKIMAGE_PREFIX = "skimage:"
+# scikit-image's bundled photos that make sensible sketch targets (no download needed).
+SKIMAGE_TARGETS = ("chelsea", "astronaut", "coffee", "rocket")
+
+
+def resolve_target(target: str | Path | None, cache_dir: str | Path | None = None) -> Path:
+    """A target as a file path: ``None`` is scikit-image's ``chelsea`` cat, ``skimage:<name>``
+    any photo bundled with scikit-image (written once as a PNG so it goes through
+    :func:`load_target`), anything else a path."""
+    if target is None:
+        target = SKIMAGE_PREFIX + "chelsea"
+    text = str(target)
+    if not text.startswith(SKIMAGE_PREFIX):
+        return Path(text)
     from skimage import data
 
-    cache = Path(cache_dir or Path(tempfile.gettempdir()) / "clipasso_pl")
-    path = cache / "chelsea.png"
+    name = text[len(SKIMAGE_PREFIX):]
+    loader = getattr(data, name, None)
+    if name.startswith("_") or not callable(loader):
+        raise ClipassoError(f"target={text}: scikit-image has no image '{name}'; try one of {', '.join(SKIMAGE_TARGETS)}")
+    path = Path(cache_dir or Path(tempfile.gettempdir()) / "clipasso_pl") / f"{name}.png"
     if not path.exists():
-        save_png(path, data.chelsea())
+        save_png(path, np.asarray(loader()))
     return path
+
+
+def default_target_path(cache_dir: str | Path | None = None) -> Path:
+    """scikit-image's bundled ``chelsea`` cat photo as a PNG file."""
+    return resolve_target(None, cache_dir)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import ClipassoError
 from .strokes import Strokes
 
 
@@ -71,6 +72,7 @@ class SketchModule(pl.LightningModule):
         lr: float = 1.0,
         eval_interval: int = 10,
         initial_points: Tensor | None = None,
+        max_nonfinite: int = 10,
     ):
         super().__init__()
         if strokes < 1:
@@ -80,6 +82,7 @@ class SketchModule(pl.LightningModule):
         self.half_width = half_width
         self.lr = lr
         self.eval_interval = eval_interval
+        self.max_nonfinite = max_nonfinite
         self.clip = clip.requires_grad_(False).eval()
         self.loss_fn = loss
         self.augment = augment
@@ -91,6 +94,9 @@ class SketchModule(pl.LightningModule):
         self.points = nn.Parameter(torch.zeros(S, strokes, 4, 2))
         self.register_buffer("active", torch.ones(S, dtype=torch.bool))
         self.register_buffer("initialized", torch.tensor(False))
+        # Non-finite steps: skipped, counted, and fatal after max_nonfinite in a row.
+        self.register_buffer("nonfinite_total", torch.tensor(0))
+        self.register_buffer("nonfinite_in_row", torch.tensor(0))
         if initial_points is not None:
             if initial_points.shape != self.points.shape:
                 raise ValueError(f"initial_points must be {tuple(self.points.shape)}, got {tuple(initial_points.shape)}")
@@ -98,6 +104,7 @@ class SketchModule(pl.LightningModule):
             self.initialized.fill_(True)
         # One generator per seed: its init draws come first, then its augmentation draws.
         self.generators = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
+        self.augment_generators = self.generators
         self.init_results: list | None = None
         self.last_train: dict[str, Tensor] | None = None
         self.last_eval: EvalRecord | None = None
@@ -127,6 +134,13 @@ class SketchModule(pl.LightningModule):
         self.init_results = results
         return results
 
+    def setup(self, stage: str) -> None:
+        # Under DDP every rank starts from the same strokes (same init draws) but draws its own
+        # augmentations, so N ranks act like one run with N times the augmentations.
+        rank = self.global_rank
+        if rank > 0:
+            self.augment_generators = [torch.Generator().manual_seed(int(s) * 7919 + rank) for s in self.seeds]
+
     def on_fit_start(self) -> None:
         if not bool(self.initialized):
             self.initialize()
@@ -142,7 +156,7 @@ class SketchModule(pl.LightningModule):
     # ------------------------------------------------------------------ loss
     def compute_loss(self, sketches: Tensor) -> dict[str, Tensor]:
         """Augmented CLIP loss. sketches: [S, 3, H, W] -> per-seed terms [S]."""
-        sketch_views, target_views = self.augment(sketches, self.target, self.generators)
+        sketch_views, target_views = self.augment(sketches, self.target, self.augment_generators)
         with torch.no_grad():
             target_feats = self.clip(target_views)
         return self.loss_fn(self.clip(sketch_views), target_feats, len(self.seeds))
@@ -165,14 +179,40 @@ class SketchModule(pl.LightningModule):
             self.last_eval = None
         terms = self.compute_loss(self.render())
         self.last_train = {k: v.detach() for k, v in terms.items()}
-        self.log("train/loss", self.last_train["loss"].mean(), prog_bar=True)
         # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.
-        return (terms["loss"] * self.active).sum()
+        total = (terms["loss"] * self.active).sum()
+        if not torch.isfinite(total):
+            self.skip_nonfinite(step, "loss", terms)
+            return None
+        self.log("train/loss", self.last_train["loss"].mean(), prog_bar=True)
+        return total
 
-    def optimizer_step(self, *args, **kwargs) -> None:
+    def skip_nonfinite(self, step: int, what: str, terms: dict[str, Tensor]) -> None:
+        """Count a skipped step; stop the run after ``max_nonfinite`` of them in a row."""
+        self.nonfinite_total += 1
+        self.nonfinite_in_row += 1
+        self.log("train/nonfinite_steps", self.nonfinite_total.float())
+        if int(self.nonfinite_in_row) >= self.max_nonfinite:
+            values = ", ".join(f"{k}={v.mean().item():.4g}" for k, v in terms.items())
+            raise ClipassoError(
+                f"stopped at step {step}: {int(self.nonfinite_in_row)} steps in a row with a non-finite {what} "
+                f"({values}); the best sketch so far is kept; lower lr or check the target image"
+            )
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        loss = optimizer_closure()  # training_step + backward
+        if loss is None:  # non-finite loss, already counted
+            optimizer.zero_grad()
+            return
+        grad = self.points.grad
+        if grad is not None and not bool(torch.isfinite(grad).all()):
+            optimizer.zero_grad()
+            self.skip_nonfinite(int(self.global_step), "gradient", self.last_train)
+            return
+        self.nonfinite_in_row.zero_()
         frozen = ~self.active
         kept = self.points.detach()[frozen].clone()
-        super().optimizer_step(*args, **kwargs)
+        optimizer.step()
         if frozen.any():  # Adam's momentum would keep moving stopped seeds
             with torch.no_grad():
                 self.points[frozen] = kept
@@ -182,3 +222,10 @@ class SketchModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.clip.eval()
+
+    def on_train_end(self) -> None:
+        # Under DDP the strokes must stay identical on every rank; record how far apart they are.
+        self.rank_divergence = 0.0
+        if self.trainer.world_size > 1:
+            gathered = self.all_gather(self.points.detach())  # [ranks, S, N, 4, 2]
+            self.rank_divergence = float((gathered - gathered[0:1]).abs().max())
