@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 EXPERIMENT ?=
 
+EXP := $(or $(EXPERIMENT),default)
+SWEEP_DIR = multirun/$(EXP)/$(shell date +%Y-%m-%d_%H-%M-%S)
+
 .PHONY: install sketch test bench-render sweep clean
 
 install: $(STAMP)
@@ -22,6 +25,12 @@ sketch: install
 
 test: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest $(ARGS)
+
+# Hydra multirun over configs/experiment/$(EXPERIMENT).yaml, then the report of that sweep.
+sweep: install
+	@dir=$(SWEEP_DIR); \
+	$(VENV)/bin/clipasso-pl sketch experiment=$(EXP) hydra.sweep.dir=$$dir $(ARGS) && \
+	$(VENV)/bin/clipasso-pl report $$dir
 
 bench-render: install
 	$(VENV)/bin/clipasso-pl bench $(ARGS)
