@@ -41,7 +41,8 @@ def photo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, photo):
     out = tmp_path_factory.mktemp("run") / "run"
-    res = cli("sketch", "preset=smoke", f"target={photo}", "steps=20", "seeds=[0,1000]", f"hydra.run.dir={out}")
+    res = cli("sketch", "preset=smoke", f"target={photo}", "steps=20", "seeds=[0,1000]", "logger=csv",
+              f"hydra.run.dir={out}")
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res
 
@@ -122,7 +123,7 @@ def test_seed_alone_equals_seed_in_batch(photo, tmp_path):
 
 def test_eval_loss_falls(photo, tmp_path):
     """Over 40 steps the best eval loss of a seed is clearly below its first eval (margin in the assert)."""
-    cfg = compose("sketch", ["preset=smoke", "~callbacks.snapshot", "~callbacks.early_stopping"], target=str(photo),
+    cfg = compose("sketch", ["preset=smoke", "logger=csv", "~callbacks.snapshot", "~callbacks.early_stopping"], target=str(photo),
                   seeds=[0], steps=40, eval_interval=5, save_interval=0)
     result = run_sketch(cfg, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))

@@ -1,0 +1,106 @@
+"""Experiments: W&B offline runs, sweeps with reports, the joblib launcher and DDP on CPU."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+SMALL = ["preset=smoke", "steps=6", "eval_interval=2", "save_interval=0", "checkpoint_interval=0"]
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "clipasso_pl.cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """The records of an offline W&B run, read back with W&B's own inspector."""
+    logs = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 1, logs
+    exe = Path(sys.executable).with_name("wandb")
+    res = subprocess.run([str(exe), "leet", "inspect", "--json", str(logs[0])], capture_output=True, text=True,
+                         env=ENV, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def test_wandb_offline_run_has_metrics_images_and_artifact(tmp_path):
+    out = tmp_path / "run"
+    res = cli("sketch", *SMALL, "logger=wandb", "log_image_interval=2", "seeds=[0,1000]", f"hydra.run.dir={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = wandb_records(out)
+    text = json.dumps(records)
+    for name in ["train/loss", "train/conv/layer2", "train/conv/layer3", "train/fc", "eval/loss", "eval/loss_seed1",
+                 "time/step_s", "best/loss", "best/step", "best/seed", "time/total_s",
+                 "images/input", "images/saliency", "images/sketch", "images/best"]:
+        assert name in text, name
+    assert '"artifact"' in text or "sketch-" in text
+    files = out.glob("wandb/offline-run-*/files/media/images/*.png")
+    assert len(list(files)) >= 4
+    assert "conv_layer_weights" in text and "tiny-rn" in text  # the resolved config went in as hyperparameters
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("sweep") / "ablation_init"
+    res = cli("sketch", "experiment=ablation_init", *SMALL, "logger=csv", "images=skimage:chelsea,skimage:coffee",
+              "seeds=[0,1]", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return sweep
+
+
+def test_smoke_sweep_report(smoke_sweep):
+    res = cli("report", str(smoke_sweep))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(open(smoke_sweep / "report.csv")))
+    assert sorted(r["init"] for r in rows) == ["random", "saliency", "saliency_xdog"]
+    for r in rows:
+        assert r["targets"] == "2" and r["runs"] == "4"  # 2 images x 2 seeds
+        assert float(r["best_loss_mean"]) > 0 and float(r["best_loss_std"]) >= 0
+    assert "| init |" in (smoke_sweep / "report.md").read_text()
+    from PIL import Image
+
+    grid = Image.open(smoke_sweep / "grid.png")
+    assert grid.height >= 3 * 128 and grid.width >= 4 * 128  # 3 configurations x (2 images x 2 seeds)
+    assert Image.open(smoke_sweep / "curves.png").size[0] > 0
+    assert "report.md" in res.stdout
+
+
+def test_report_refuses_a_directory_without_runs(tmp_path):
+    res = cli("report", str(tmp_path))
+    assert res.returncode == 2 and "no finished runs" in res.stderr
+
+
+def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
+    sweep = tmp_path / "abstraction"
+    res = cli("sketch", "experiment=abstraction", *SMALL, "steps=10", "logger=csv", "images=skimage:chelsea",
+              "seeds=[0]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+              f"hydra.sweep.dir={sweep}", "hydra.sweeper.params.strokes=4,8")
+    assert res.returncode == 0, res.stderr[-3000:]
+    spans = []
+    for s in sorted(sweep.glob("*/summary.json")):
+        d = json.loads(s.read_text())
+        spans.append((datetime.fromisoformat(d["started"]), datetime.fromisoformat(d["finished"])))
+    assert len(spans) == 2
+    (a0, a1), (b0, b1) = spans
+    assert a0 < b1 and b0 < a1, spans  # the two trainings overlapped in time
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    res = cli("sketch", "preset=smoke", "steps=12", "eval_interval=3", "save_interval=0", "checkpoint_interval=0",
+              "logger=csv", "seeds=[0]", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+              f"hydra.run.dir={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["rank_divergence"] == 0.0  # strokes identical on both ranks
+    rows = [r for r in csv.DictReader(open(out / "logs" / "metrics.csv")) if r.get("eval/loss")]
+    assert summary["best_loss"] < float(rows[0]["eval/loss"])  # the loss fell
+    assert len(list(out.glob("best.svg"))) == 1 and not list(out.glob("**/*rank1*"))
