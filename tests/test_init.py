@@ -267,6 +267,23 @@ def test_stroke_init_loads_its_model_lazily_once():
     assert init._model is first
 
 
+def test_stroke_init_reuses_maps_for_the_same_target_only(tiny_vit):
+    init = StrokeInit(mode="saliency_xdog", model="tiny-vit", pretrained=None)
+    init._model = tiny_vit
+    target = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = init.saliency
+    init.saliency = lambda t: calls.append(1) or real(t)  # count the ViT forwards
+    a = init(target, 4, torch.Generator().manual_seed(0))
+    b = init(target.clone(), 4, torch.Generator().manual_seed(1))
+    assert len(calls) == 1 and torch.equal(a.probability, b.probability)
+    other = target.flip(-1)
+    c = init(other, 4, torch.Generator().manual_seed(0))
+    assert len(calls) == 2
+    expect = sampling_probability(saliency_map(other, tiny_vit), xdog_edges(other), 0.3)
+    assert torch.allclose(c.probability, expect)
+
+
 def test_random_mode_needs_no_model():
     init = StrokeInit(mode="random", model="no-such-model", pretrained="/nonexistent.pt")
     res = init(torch.zeros(3, 100, 120), 8, torch.Generator().manual_seed(0))

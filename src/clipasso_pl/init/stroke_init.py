@@ -67,6 +67,9 @@ class StrokeInit:
         self.radius = float(radius)
         self.xdog_normalized_input = bool(xdog_normalized_input)
         self._model = None
+        # (target, saliency, probability) of the last target: the maps do not depend on the
+        # seed, so S seeds of one image compute XDoG and the ViT forward once, not S times.
+        self._maps: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def model(self):
@@ -81,6 +84,21 @@ class StrokeInit:
         """target: [3, H, W] in [0, 1] -> [H, W] in [0, 1]."""
         return saliency_map(target, self.model)
 
+    def maps(self, target: Tensor) -> tuple[Tensor, Tensor]:
+        """target: [3, H, W] in [0, 1] -> (saliency [H, W] in [0, 1], probability [H, W] summing to 1).
+
+        Cached for the last target (compared by value), so repeated seeds reuse them.
+        """
+        if self._maps is not None:
+            cached, saliency, probability = self._maps
+            if cached.shape == target.shape and torch.equal(cached, target.detach().cpu()):
+                return saliency, probability
+        saliency = self.saliency(target)
+        edges = xdog_edges(target, normalized_input=self.xdog_normalized_input) if self.mode == "saliency_xdog" else None
+        probability = sampling_probability(saliency, edges, self.temperature)
+        self._maps = (target.detach().cpu().clone(), saliency, probability)
+        return saliency, probability
+
     def __call__(self, target: Tensor, num_strokes: int, generator: torch.Generator) -> InitResult:
         """target: Tensor  # [3, H, W] in [0, 1] -> InitResult with N = num_strokes strokes.
 
@@ -91,13 +109,16 @@ class StrokeInit:
         if self.mode == "random":
             starts = uniform_start_points(num_strokes, H, W, generator)
         else:
-            saliency = self.saliency(target)
-            edges = xdog_edges(target, normalized_input=self.xdog_normalized_input) if self.mode == "saliency_xdog" else None
-            probability = sampling_probability(saliency, edges, self.temperature)
+            saliency, probability = self.maps(target)
             starts = sample_start_points(probability, num_strokes, generator)
         # Half the window per side: the reference's step is radius * (U - 0.5) (see class doc).
         points = random_walk(starts, 0.5 * self.radius * max(H, W), generator)
-        return InitResult(points=points.float(), starts=starts.float(), saliency=saliency, probability=probability)
+        return InitResult(
+            points=points.float(),
+            starts=starts.float(),
+            saliency=None if saliency is None else saliency.clone(),
+            probability=None if probability is None else probability.clone(),
+        )
 
     def __repr__(self) -> str:
         return (
