@@ -36,7 +36,7 @@ def one_line_exit_2(res, needle):
 
 
 def smoke(**values):
-    base = dict(target=TARGET, steps=12, eval_interval=3, save_interval=0, checkpoint_interval=0, logger=None)
+    base = dict(target=TARGET, steps=12, eval_interval=3, save_interval=0, checkpoint_interval=0, logger="none")
     base.update(values)
     return compose("sketch", ["preset=smoke"], **base)
 

@@ -94,7 +94,7 @@ def test_best_svg_is_the_best_eval_step(smoke_run):
 
 
 def small_cfg(photo, **values):
-    base = dict(target=str(photo), steps=10, eval_interval=5, save_interval=0, logger=None)
+    base = dict(target=str(photo), steps=10, eval_interval=5, save_interval=0, logger="none")
     base.update(values)
     return compose("sketch", ["preset=smoke", "~callbacks.snapshot"], **base)
 
@@ -137,7 +137,7 @@ def test_python_api(photo, tmp_path):
     import clipasso_pl
 
     result = clipasso_pl.sketch(photo, run_dir=tmp_path / "api", overrides=["preset=smoke"], strokes=4, seeds=[7], steps=6,
-                                logger=None)
+                                logger="none")
     points, *_ = read_svg(result.best_svg, num_strokes=4)
     assert points.shape == (4, 4, 2) and result.best_seed == 7
     assert result.best_png.is_file()

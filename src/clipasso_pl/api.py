@@ -36,6 +36,10 @@ class SketchResult:
     def best_seed(self) -> int:
         return self.summary["best_seed"]
 
+    @property
+    def best_step(self) -> int:
+        return self.summary["best_step"]
+
 
 def validate(cfg: DictConfig) -> None:
     """Refuse config values that cannot work, with the key and the fix."""
