@@ -222,13 +222,60 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None and "logit_scale" in state:
         state["logit_bias"] = torch.zeros_like(state["logit_scale"])
     state.pop("text.transformer.embeddings.position_ids", None)
+    # Traced/TorchScript exports also save non-persistent buffers (e.g. the text attn_mask).
+    persistent = set(model.state_dict())
+    for buffer, _ in model.named_buffers():
+        if buffer not in persistent:
+            state.pop(buffer, None)
     try:
         resize_pos_embed(state, model)
         resize_text_pos_embed(state, model)
-        model.load_state_dict(state, strict=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except (RuntimeError, KeyError, ValueError) as e:
-        first = str(e).replace("\n", " ")[:300]
+        first = " ".join(str(e).split())[:200]
         raise ClipassoError(f"CLIP checkpoint {source} does not fit model {name} ({first}): pass the matching model name") from None
+    if missing or unexpected:
+        parts = [f"{len(keys)} {what} keys, e.g. {', '.join(keys[:3])}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ClipassoError(f"CLIP checkpoint {source} does not fit model {name} ({'; '.join(parts)}): pass the matching model name")
+
+
+RANDOM_WEIGHTS_SEED = 0
+
+
+def _quiet_create(open_clip, model: str, force_quick_gelu: bool) -> nn.Module:
+    """open_clip.create_model without its 'no pretrained weights' warning (we load weights ourselves)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(model, pretrained=None, device="cpu", force_quick_gelu=force_quick_gelu,
+                                      pretrained_image=False, pretrained_text=False)
+    finally:
+        root.setLevel(level)
+
+
+def signal_preserving_init(clip: nn.Module) -> None:
+    """Re-initialise a random ResNet tower so that its features carry signal.
+
+    open_clip zero-initialises each bottleneck's last batch-norm scale and keeps PyTorch's
+    default conv init, which shrinks activations about 3x per conv: in a random RN101 the
+    layer3/layer4 losses are ~1e-7..1e-8 and 1 - cos of the embeddings is float noise, so
+    a pipeline check with random weights would optimise nothing. He-normal convs and a
+    residual scale of 0.5 keep every tapped layer at order-one magnitude. ViT towers are
+    left as open_clip initialises them (their features already vary at order one).
+    """
+    visual = getattr(clip, "visual", None)
+    if visual is None or not hasattr(visual, "layer1"):
+        return
+    for module in visual.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    for name, param in visual.named_parameters():
+        if name.endswith("bn3.weight"):
+            nn.init.constant_(param, 0.5)
 
 
 def load_clip_model(model: str, pretrained: str | None, device: str | torch.device = "cpu", key: str = "clip") -> nn.Module:
@@ -250,8 +297,12 @@ def load_clip_model(model: str, pretrained: str | None, device: str | torch.devi
         tag_cfg = get_pretrained_cfg(model, str(pretrained))
     # A tag trained with QuickGELU must run with it even if the name lacks the -quickgelu suffix.
     force_quick_gelu = bool(tag_cfg and tag_cfg.get("quick_gelu", False))
-    clip = open_clip.create_model(model, pretrained=None, device="cpu", force_quick_gelu=force_quick_gelu,
-                                  pretrained_image=False, pretrained_text=False)
+    # Random weights are the same on every run (fixed seed, global RNG untouched).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        clip = _quiet_create(open_clip, model, force_quick_gelu)
+        if weights is None:
+            signal_preserving_init(clip)
     if weights is not None:
         load_state_into(clip, read_state_dict(weights), weights, model)
     clip = clip.to(device).eval()
