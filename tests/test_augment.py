@@ -45,12 +45,13 @@ def test_shapes_and_plain_rows_first():
 
 
 def test_parameters_follow_torchvision_draws():
-    """With the same stream (seed), our draws equal torchvision's get_params on the global RNG."""
+    """With the same stream (seed), our draws equal torchvision's on the global RNG, p-test included."""
     aug = JointAugment(num_augs=3, distortion_scale=0.5, crop_scale=0.8)
     starts, ends, crops = aug.draw(gens(7), 224, 224)
     torch.manual_seed(7)
     img = torch.zeros(3, 224, 224)
     for v in range(3):
+        assert torch.rand(1) < 1.0  # RandomPerspective(p=1).forward's draw
         s, e = T.RandomPerspective.get_params(224, 224, 0.5)
         crop = T.RandomResizedCrop.get_params(img, scale=[0.8, 0.8], ratio=[1.0, 1.0])
         assert starts[v].tolist() == s and ends[v].tolist() == e
@@ -103,6 +104,24 @@ def test_views_match_torchvision_perspective_then_resized_crop(which, photo):
     assert diff.mean() < 0.01, diff.mean()
     for v in range(4):
         assert ours[v].amin() == 0 and ref[v].amin() == 0  # black fill outside the warped image
+
+
+def test_views_equal_torchvision_transforms_on_the_same_seed(photo):
+    """The composed torchvision transforms, run on the global RNG seeded like our generator, give the
+    same views of the stacked (sketch, target) pair: same draws, same geometry, shared by both images."""
+    aug = JointAugment(num_augs=3)
+    sketch = sketch_like(1, seed=5)
+    sv, tv = aug(sketch, photo[None], gens(21))
+    compose = T.Compose([T.RandomPerspective(distortion_scale=0.5, p=1.0, fill=0),
+                         T.RandomResizedCrop(224, scale=(0.8, 0.8), ratio=(1.0, 1.0))])
+    torch.manual_seed(21)
+    pair = torch.cat([sketch, photo[None]])  # [2, 3, H, W]: one draw applied to both
+    ref = torch.stack([compose(pair) for _ in range(3)])  # [A, 2, 3, 224, 224]
+    for ours, theirs in ((sv[1:], ref[:, 0]), (tv[1:], ref[:, 1])):
+        diff = (ours - theirs).abs()
+        assert diff.mean() < 0.01, diff.mean()
+        # a different draw would be far off: compare with the next view's reference
+        assert (ours[0] - theirs[1]).abs().mean() > 5 * diff.mean()
 
 
 def test_seed_views_do_not_depend_on_other_seeds():

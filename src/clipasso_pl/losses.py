@@ -16,6 +16,13 @@ from torch import Tensor, nn
 DEFAULT_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
+def per_seed_mean(per_view: Tensor, num_seeds: int) -> Tensor:
+    """per_view: [S * V] values, seed-major (V views per seed) -> [S] unweighted mean over each seed's views."""
+    if per_view.ndim != 1 or num_seeds <= 0 or per_view.shape[0] % num_seeds:
+        raise ValueError(f"per_seed_mean: {tuple(per_view.shape)} values do not split into num_seeds={num_seeds} equal groups")
+    return per_view.view(num_seeds, -1).mean(dim=1)
+
+
 def _match_target(target: Tensor, batch: int, num_seeds: int) -> Tensor:
     """Target rows for each sketch row: the same batch, one row per seed (shared by its views), or one row."""
     n = target.shape[0]
@@ -36,7 +43,7 @@ class ClipassoLoss(nn.Module):
     sketch_feats rows are seed-major: S * V rows, V views per seed.
     """
 
-    def __init__(self, conv_layer_weights: Sequence[float], fc_weight: float = 0.1, layer_names: Sequence[str] | None = None):
+    def __init__(self, conv_layer_weights: Sequence[float] = (0.0, 0.0, 1.0, 1.0, 0.0), fc_weight: float = 0.1, layer_names: Sequence[str] | None = None):
         super().__init__()
         names = list(layer_names) if layer_names is not None else list(DEFAULT_LAYERS)
         weights = [float(w) for w in conv_layer_weights]
@@ -57,6 +64,9 @@ class ClipassoLoss(nn.Module):
         terms: dict[str, Tensor] = {}
         total = None
         for name in list(self.active) + (["fc"] if self.fc_weight != 0.0 else []):
+            if name not in sketch_feats or name not in target_feats:
+                raise ValueError(f"ClipassoLoss needs feature {name!r} but got {', '.join(sketch_feats)}: "
+                                 "conv_layer_weights must follow the feature extractor's layer_names")
             fs = sketch_feats[name]
             B = fs.shape[0]
             if B % num_seeds:
@@ -70,7 +80,7 @@ class ClipassoLoss(nn.Module):
                 per_view = (fs - ft).pow(2).flatten(1).mean(dim=1)
                 weight = self.active[name]
                 key = f"conv/{name}"
-            per_seed = per_view.view(num_seeds, -1).mean(dim=1)
+            per_seed = per_seed_mean(per_view, num_seeds)
             terms[key] = per_seed
             total = weight * per_seed if total is None else total + weight * per_seed
         if total is None:

@@ -123,6 +123,9 @@ class JointAugment(nn.Module):
         scale = (self.crop_scale, self.crop_scale)
         for gen in generators:
             for _ in range(self.num_augs):
+                # RandomPerspective draws its p-test (p=1: always applied) before its corners; drawing it
+                # too keeps each seed's stream identical to torchvision's transforms on that seed.
+                torch.rand(1, generator=gen)
                 s, e = perspective_params(width, height, self.distortion_scale, gen)
                 starts.append(s)
                 ends.append(e)
