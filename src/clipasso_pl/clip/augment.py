@@ -102,6 +102,7 @@ class JointAugment(nn.Module):
 
     Rows are seed-major: row s * (1 + A) is seed s's plain pair (resized to ``size`` if
     needed), then its A augmented pairs. Seed s's draws come only from ``generators[s]``.
+    Sketch views are differentiable w.r.t. the sketch; target views are detached.
     """
 
     def __init__(self, num_augs: int = 4, distortion_scale: float = 0.5, crop_scale: float = 0.8, size: int = 224):
@@ -147,13 +148,15 @@ class JointAugment(nn.Module):
             raise ValueError(f"JointAugment: target batch {target.shape[0]} must be 1 or {S}")
         target = target.to(sketch.dtype).expand(S, -1, -1, -1)
         A = self.num_augs
-        plain_s, plain_t = self.plain(sketch), self.plain(target)
+        plain_s, plain_t = self.plain(sketch), self.plain(target.detach())
         if A == 0:
             return plain_s, plain_t
         starts, ends, crops = self.draw(generators, H, W)
         grid = view_grid(perspective_coeffs(starts, ends), crops, self.size, H, W)  # [S*A, size, size, 2]
         grid = grid.to(device=sketch.device, dtype=sketch.dtype)
-        src = torch.cat([sketch, target]).repeat_interleave(A, dim=0)  # [2*S*A, C, H, W]
+        # Target views never need a gradient (the loss detaches them): detaching here keeps the
+        # target out of the sketch's graph while both still go through one grid_sample.
+        src = torch.cat([sketch, target.detach()]).repeat_interleave(A, dim=0)  # [2*S*A, C, H, W]
         views = F.grid_sample(src, torch.cat([grid, grid]), mode="bilinear", padding_mode="zeros", align_corners=False)
         aug_s, aug_t = views.split(S * A)
 

@@ -82,9 +82,10 @@ class ClipFeatures(nn.Module):
       ViT:    block0..block{L-1} [B, T, D] (CLS + patch tokens), fc [B, E]
     """
 
-    def __init__(self, model: str | nn.Module, pretrained: str | None = None, key: str = "clip"):
+    def __init__(self, model: str | nn.Module, pretrained: str | None = None, device: str | torch.device = "cpu",
+                 key: str = "clip"):
         super().__init__()
-        self.model = load_clip_model(model, pretrained, key=key) if isinstance(model, str) else model
+        self.model = load_clip_model(model, pretrained, device=device, key=key) if isinstance(model, str) else model
         self.model.requires_grad_(False).eval()
         self.name = model if isinstance(model, str) else type(model).__name__
         self.pretrained = pretrained

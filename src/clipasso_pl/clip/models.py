@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+import threading
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -66,16 +67,28 @@ def _offline() -> bool:
 
 
 def _reachable(url: str) -> bool:
-    """One TCP connect with a short timeout: the hub clients would otherwise retry for minutes."""
+    """One TCP connect with a short timeout: the hub clients would otherwise retry for minutes.
+
+    The connect runs in a daemon thread joined with a deadline because the name lookup before it
+    ignores socket timeouts (a resolver without network can block for tens of seconds).
+    """
     parsed = urlparse(url)
     if not parsed.hostname:
         return False
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=_PROBE_TIMEOUT_S):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, name="clip-weights-probe", daemon=True)
+    worker.start()
+    worker.join(_PROBE_TIMEOUT_S + 1.0)
+    return bool(result and result[0])
 
 
 def _hf_endpoint() -> str:
@@ -132,8 +145,7 @@ def _download_weights(cfg: dict, model: str, pretrained: str, key: str) -> str:
         host = cfg.get("url", "")
     if not _reachable(host):
         raise _unreachable(model, pretrained, key, f"offline: {urlparse(host).hostname or host} unreachable")
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    # Past the probe the hub client's own timeouts (10 s per request by default) bound each call.
     from open_clip.pretrained import download_pretrained
 
     try:
