@@ -1,0 +1,97 @@
+"""The fidelity x simplicity matrix: cell names and selection, compositing, the labelled picture.
+
+A cell is (layer, level): row ``layer`` (the ViT block of the fidelity loss), column
+``level`` (simplicity). Its files live in ``layer<l>/level<k>/``; the fidelity sketches of a
+row in ``layer<l>/fidelity/``. Levels of a row are sequential (each warm-starts from the
+one before), so selecting a cell means running its row up to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import ClipassoError
+
+CELL_HINT = "use layer<l> for a row or layer<l>/level<k> for a cell, e.g. cells=[layer2,layer8/level3]"
+
+
+def row_dir(root: Path, layer: int) -> Path:
+    return Path(root) / f"layer{layer}"
+
+
+def cell_dir(root: Path, layer: int, level: int | None) -> Path:
+    """``layer<l>/level<k>``, or ``layer<l>/fidelity`` for level None."""
+    return row_dir(root, layer) / ("fidelity" if level is None else f"level{level}")
+
+
+def parse_cells(cells, layers: Sequence[int], levels: int) -> dict[int, int]:
+    """Which rows to run and up to which level: {layer: last level index}, in ``layers`` order.
+
+    cells: None / "all" (everything), or tokens ``layer<l>`` and ``layer<l>/level<k>`` as a
+    list or one comma-separated string (what a Hydra sweep passes).
+    """
+    if cells is None or cells == "all" or (not isinstance(cells, str) and list(cells) == ["all"]):
+        return {int(layer): levels - 1 for layer in layers}
+    tokens = [t.strip() for t in cells.split(",")] if isinstance(cells, str) else [str(t).strip() for t in cells]
+    wanted: dict[int, int] = {}
+    for token in tokens:
+        row, _, col = token.partition("/")
+        try:
+            if not row.startswith("layer") or (col and not col.startswith("level")):
+                raise ValueError(token)
+            layer = int(row[len("layer"):])
+            level = int(col[len("level"):]) if col else levels - 1
+        except ValueError:
+            raise ClipassoError(f"cells: '{token}' is not a cell name; {CELL_HINT}") from None
+        if layer not in layers:
+            raise ClipassoError(f"cells: '{token}' names layer {layer}, which is not in layers={list(layers)}")
+        if not 0 <= level < levels:
+            raise ClipassoError(f"cells: '{token}' names level {level}; levels run from 0 to {levels - 1}")
+        wanted[layer] = max(level, wanted.get(layer, -1))
+    return {int(layer): wanted[int(layer)] for layer in layers if int(layer) in wanted}
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def matrix_picture(tiles: dict[tuple[int, int], Image.Image | None], row_labels: Sequence[str],
+                   col_labels: Sequence[str], captions: dict[tuple[int, int], str], tile: int = 224,
+                   title: str = "") -> Image.Image:
+    """A labelled grid: rows x columns of ``tile`` px pictures, a label per row and column,
+    a caption under each tile; a missing tile is drawn as a grey 'not run' box."""
+    rows, cols = len(row_labels), len(col_labels)
+    fs = max(11, tile // 14)
+    font, small = _font(fs), _font(max(10, fs - 3))
+    left, top, cap, gap = 6 * fs, 3 * fs + (fs + 6 if title else 0), fs + 6, 6
+    W = left + cols * (tile + gap) + gap
+    H = top + rows * (tile + cap + gap) + gap
+    canvas = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, gap), title, fill="black", font=font)
+    for c, label in enumerate(col_labels):
+        x = left + gap + c * (tile + gap) + tile // 2
+        draw.text((x, top - fs // 2), label, fill="black", font=font, anchor="ms")
+    for r, label in enumerate(row_labels):
+        y = top + gap + r * (tile + cap + gap) + tile // 2
+        draw.text((gap, y), label, fill="black", font=font, anchor="lm")
+        for c in range(cols):
+            x0, y0 = left + gap + c * (tile + gap), top + gap + r * (tile + cap + gap)
+            picture = tiles.get((r, c))
+            if picture is None:
+                draw.rectangle((x0, y0, x0 + tile - 1, y0 + tile - 1), fill=(235, 235, 235))
+                draw.text((x0 + tile // 2, y0 + tile // 2), "not run", fill=(120, 120, 120), font=small, anchor="mm")
+            else:
+                canvas.paste(picture.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS), (x0, y0))
+            draw.rectangle((x0 - 1, y0 - 1, x0 + tile, y0 + tile), outline=(180, 180, 180))
+            text = captions.get((r, c), "")
+            if text:
+                draw.text((x0 + tile // 2, y0 + tile + 3), text, fill="black", font=small, anchor="ma")
+    return canvas
