@@ -1,0 +1,104 @@
+"""Object masks, dilation, inpainting and object rescaling for scene sketches (CPU, no network)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipasso_pl import masking
+from clipasso_pl.errors import ClipassoError
+
+
+def _scene_rgba(size: int = 64) -> Image.Image:
+    """A horizontal red->blue gradient 'background' with an opaque green disc; outside the disc alpha is 0."""
+    x = np.linspace(0, 1, size)[None, :].repeat(size, 0)
+    rgb = np.stack([1 - x, np.full_like(x, 0.3), x], -1)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 5) ** 2
+    rgb[disc] = (0.1, 0.9, 0.1)
+    alpha = np.where(disc, 255, 0).astype(np.uint8)
+    return Image.fromarray(np.dstack([(rgb * 255).astype(np.uint8), alpha]), "RGBA"), torch.from_numpy(disc)
+
+
+def test_alpha_channel_is_the_mask():
+    img, disc = _scene_rgba()
+    mask = masking.object_mask(img)
+    assert mask.dtype == torch.bool and torch.equal(mask, disc)
+
+
+def test_mask_file_used_when_no_alpha(tmp_path):
+    img, disc = _scene_rgba()
+    path = tmp_path / "mask.png"
+    Image.fromarray((disc.numpy() * 255).astype(np.uint8), "L").save(path)
+    opaque = img.copy()
+    opaque.putalpha(255)
+    mask = masking.object_mask(opaque, path, original_size=opaque.size)
+    assert torch.equal(mask, disc)
+
+
+def test_no_mask_obtainable_is_one_line_error():
+    img, _ = _scene_rgba()
+    opaque = img.copy()
+    opaque.putalpha(255)
+    with pytest.raises(ClipassoError) as info:
+        masking.object_mask(opaque, None, model=None)
+    msg = str(info.value)
+    assert "\n" not in msg and "mask" in msg and "alpha" in msg
+
+
+def test_mismatched_mask_size_is_refused(tmp_path):
+    img, _ = _scene_rgba(64)
+    path = tmp_path / "mask.png"
+    Image.new("L", (32, 32), 255).save(path)
+    with pytest.raises(ClipassoError, match="32x32"):
+        masking.object_mask(img, path, original_size=img.size)
+
+
+def test_dilation_grows_by_half_the_window():
+    mask = torch.zeros(31, 31, dtype=torch.bool)
+    mask[15, 15] = True
+    grown = masking.dilate(mask, 11)
+    ys, xs = torch.nonzero(grown, as_tuple=True)
+    assert (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())) == (10, 20, 10, 20)
+    assert int(grown.sum()) == 121
+
+
+def test_inpainting_fills_the_masked_region():
+    img, disc = _scene_rgba(64)
+    # Put the object's colour back so the hole initially holds green, unlike its surroundings.
+    rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
+    hole = masking.dilate(disc, 11)
+    filled = masking.inpaint(rgb, hole)
+    assert filled.shape == rgb.shape
+    # Outside the hole nothing changes (up to uint8 rounding).
+    assert torch.allclose(filled[:, ~hole], rgb[:, ~hole], atol=1 / 255 + 1e-6)
+    # Inside, the green object is gone: the fill is close to the background gradient there.
+    x = torch.linspace(0, 1, 64)[None, :].expand(64, 64)
+    expected = torch.stack([1 - x, torch.full_like(x, 0.3), x])
+    err_before = (rgb[:, hole] - expected[:, hole]).abs().mean()
+    err_after = (filled[:, hole] - expected[:, hole]).abs().mean()
+    assert err_after < 0.1 < err_before
+    assert filled[1, hole].mean() < 0.45  # no green left
+
+
+def test_on_white_and_resize_obj_to_seventy_percent():
+    img, disc = _scene_rgba(100)
+    rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
+    fore = masking.on_white(rgb, disc)
+    assert torch.all(fore[:, ~disc] == 1)
+    out, out_mask, placement = masking.resize_obj(fore, disc, 0.7)
+    ys, xs = torch.nonzero(out_mask, as_tuple=True)
+    extent = max(int(ys.max()) - int(ys.min()) + 1, int(xs.max()) - int(xs.min()) + 1)
+    assert abs(extent - 70) <= 2
+    # The placement maps the new frame back: the new centre lands on the old centre.
+    back = placement.inverse(torch.tensor([[50.0, 50.0]]), 100)
+    assert torch.allclose(back, torch.tensor([[50.0, 50.0]]), atol=1.0)
+    assert placement.scale == pytest.approx(70 / 39, rel=0.05)
+
+
+def test_square_image_pads_with_transparent_white():
+    img = Image.new("RGBA", (60, 30), (255, 0, 0, 255))
+    sq = masking.square_image(img, 512, fix_scale=True)
+    assert sq.size == (60, 60)
+    assert sq.getpixel((0, 0)) == (255, 255, 255, 0) and sq.getpixel((30, 30)) == (255, 0, 0, 255)
+    assert masking.square_image(img, 40, fix_scale=False).size == (40, 40)
