@@ -41,7 +41,7 @@ def test_wandb_offline_run_has_metrics_images_and_artifact(tmp_path):
                  "images/input", "images/saliency", "images/sketch", "images/best"]:
         assert name in text, name
     assert '"artifact"' in text or "sketch-" in text
-    files = out.glob("wandb/offline-run-*/files/media/images/*.png")
+    files = out.glob("wandb/offline-run-*/files/media/images/**/*.png")
     assert len(list(files)) >= 4
     assert "conv_layer_weights" in text and "tiny-rn" in text  # the resolved config went in as hyperparameters
 
@@ -49,7 +49,7 @@ def test_wandb_offline_run_has_metrics_images_and_artifact(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("sweep") / "ablation_init"
-    res = cli("sketch", "experiment=ablation_init", *SMALL, "logger=csv", "images=skimage:chelsea,skimage:coffee",
+    res = cli("sketch", "experiment=ablation_init", *SMALL, "logger=csv", "images='skimage:chelsea,skimage:coffee'",
               "seeds=[0,1]", f"hydra.sweep.dir={sweep}")
     assert res.returncode == 0, res.stderr[-3000:]
     return sweep
@@ -81,7 +81,7 @@ def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     sweep = tmp_path / "abstraction"
     res = cli("sketch", "experiment=abstraction", *SMALL, "steps=10", "logger=csv", "images=skimage:chelsea",
               "seeds=[0]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-              f"hydra.sweep.dir={sweep}", "hydra.sweeper.params.strokes=4,8")
+              f"hydra.sweep.dir={sweep}", "hydra.sweeper.params.strokes='4,8'")
     assert res.returncode == 0, res.stderr[-3000:]
     spans = []
     for s in sorted(sweep.glob("*/summary.json")):
@@ -104,3 +104,12 @@ def test_ddp_two_cpu_processes(tmp_path):
     rows = [r for r in csv.DictReader(open(out / "logs" / "metrics.csv")) if r.get("eval/loss")]
     assert summary["best_loss"] < float(rows[0]["eval/loss"])  # the loss fell
     assert len(list(out.glob("best.svg"))) == 1 and not list(out.glob("**/*rank1*"))
+
+
+def test_images_folder_expands_to_its_image_files(tmp_path):
+    from clipasso_pl.config import expand_images
+
+    for name in ["b.png", "a.jpg", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert expand_images(str(tmp_path)) == f"{tmp_path / 'a.jpg'},{tmp_path / 'b.png'}"
+    assert expand_images("skimage:chelsea,x.png") == "skimage:chelsea,x.png"

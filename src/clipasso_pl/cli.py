@@ -8,6 +8,7 @@ into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "bench": (None, "clipasso_pl.render.bench:main"),
 }
 
+COMMAND_ENV = "CLIPASSO_PL_COMMAND"
 USAGE = "usage: clipasso-pl {" + ",".join(COMMANDS) + "} [key=value ...]   (e.g. clipasso-pl sketch target=photo.png strokes=8)"
 
 
@@ -96,7 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0 if argv else 2)
+    if argv[0] not in COMMANDS and os.environ.get("LOCAL_RANK") and os.environ.get(COMMAND_ENV) in COMMANDS:
+        # A DDP worker: Lightning relaunches `python -m clipasso_pl.cli <overrides>` without the command.
+        argv = [os.environ[COMMAND_ENV], *argv]
     command, rest = argv[0], argv[1:]
+    os.environ[COMMAND_ENV] = command
     if command not in COMMANDS:
         fail(f"unknown command '{command}': {USAGE}")
     config_name, spec = COMMANDS[command]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 _PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"  # wheel install (force-included)
 _REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # source checkout / editable install
@@ -44,3 +44,25 @@ def compose(config_name: str = "sketch", overrides: list[str] | None = None, **v
     all_overrides = list(overrides or []) + [f"{k}={override_value(v)}" for k, v in values.items()]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=all_overrides)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def expand_images(images: str) -> str:
+    """The ``images`` of a sweep as the comma-separated targets Hydra sweeps over.
+
+    ``images`` is a comma-separated list of targets (paths or ``skimage:<name>``), or a
+    folder, which stands for every image file in it (sorted).
+    """
+    folder = Path(str(images))
+    if "," not in str(images) and folder.is_dir():
+        files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"images={folder} holds no image files")
+        return ",".join(files)
+    return str(images)
+
+
+if not OmegaConf.has_resolver("images"):
+    OmegaConf.register_new_resolver("images", expand_images)
