@@ -6,25 +6,26 @@ is below its half-width (diffvg's ``stroke_width``), so the ends are round caps.
 
 Coverage model. diffvg averages hard inside/outside samples over the pixel square,
 so its expected value is the *area* of the pixel square inside the stroke. For a
-straight band of half-width r at distance d from the pixel centre, with unit normal
-n, that area is exactly ``G(r - d) + G(r + d)`` where G is the centred CDF of the
-pixel square projected onto n: a trapezoid of widths |n_x| and |n_y|. We use that
-formula with d and n taken from the nearest point of the curve, which is exact for
-straight parts and a close approximation elsewhere (a linear 1-px ramp gives worse
-gradients; see tests/test_render.py).
+straight band of half-width r whose centre line passes at distance d from the pixel
+centre with unit normal n, that area is exactly ``G(r - d) + G(r + d)``, G being the
+centred CDF of the pixel square projected on n (a trapezoid made of two boxes of
+widths |n_x| and |n_y|). We use it with d and n from the nearest point of the curve:
+exact for straight parts, close elsewhere, and smooth, which is what makes the
+gradients agree with diffvg's (a linear 1-px ramp agrees worse).
 
 How the work is arranged (no Python loop over strokes):
-1. (no grad) Each stroke is flattened into short chords of at most ``CHORD`` px. Each
-   chord scatters the squared distance to the pixel centres of a small window around
-   it, packed with the chord index into one int64 key, into the stroke's own patch
-   (its bounding box) with ``scatter_reduce(amin)``. Surviving patch entries are the
-   (stroke, pixel) pairs that can be covered, each with its nearest chord.
-2. (no grad) The curve parameter of the nearest point is refined by a guarded Newton
-   step on the true cubic.
-3. (grad) Only now, per pair: the nearest point q = B(t*) from the control points
-   with t* held fixed (envelope theorem: d distance / d points needs no dt/dpoints),
-   the coverage, and log(1 - opacity * coverage) summed per pixel with index_add.
-   The image is exp of that sum: "over" compositing of black strokes on white.
+1. (no grad) Each stroke is flattened into chords of about ``CHORD`` px. Every chord
+   computes the squared distance to the pixel centres of a small window around it and
+   scatters ``min`` of a key (quantized distance, curve parameter in the fraction)
+   into its stroke's patch (the stroke's bounding box): ``scatter_reduce(amin)``.
+   The non-empty patch entries are the (stroke, pixel) pairs that can be covered.
+2. (no grad) The curve parameter t* of the nearest point is refined by guarded Newton
+   steps on the true cubic.
+3. Per pair, q = B(t*) and the coverage; ``log(1 - opacity * coverage)`` is summed per
+   pixel and the image is exp of that sum ("over" compositing of black strokes on
+   white). t* is held fixed: at a nearest point the distance's derivative w.r.t. t is
+   zero (or t* sits at an end), so d distance / d points = d |c - B(t*)| / d points.
+   A custom autograd Function keeps only a few numbers per pair for the backward.
 """
 
 from __future__ import annotations
@@ -32,33 +33,40 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Longest chord when flattening a stroke (px); the search window of a chord is about
-# (CHORD + 2 * margin) squared pixels, so this trades chords against window size.
+# Chord length (px) when flattening a stroke: the search window of a chord is about
+# (CHORD + 2 * margin)^2 pixels, so this trades the number of chords against window size.
 CHORD = 4.0
 # Most chords per stroke (a very long stroke gets longer chords; Newton corrects).
 MAX_CHORDS = 256
-# Beyond r + sqrt(2)/2 from a pixel centre the band cannot touch the pixel square;
-# the extra 0.5 px covers the chord-vs-curve gap in the nearest-chord search.
-MARGIN = 0.7072 + 0.5
-# Keys: float32 bits of the squared distance (monotone for non-negative floats) in the
-# high bits, the chord index inside the stroke in the low CHORD_BITS bits.
-CHORD_BITS = 20
-KEY_EMPTY = torch.iinfo(torch.int64).max
+# A pixel square cannot touch a band of half-width r farther than r + sqrt(2)/2 from
+# its centre; the rest covers the gap between a chord and the curve it replaces.
+MARGIN = 0.7072 + 0.35
+# Keys: floor(d^2 * KEY_SCALE / margin^2) + 0.99 t; for pixels within the margin the
+# integer part stays below 2^12, so a float32 key keeps t to ~1e-3 in its fraction.
+KEY_SCALE = 4096.0
+T_PACK = 0.99
+# Offset given to pixels outside a stroke's patch (its key is then far above KEY_SCALE).
+BIG = 1e15
+# Samples per stroke for the arc-length table that places the chords.
+ARC_SAMPLES = 32
+# Most chord-window elements computed at once (bounds the search's temporary memory).
+CHUNK_ELEMENTS = 1 << 22
 # Smallest 1 - opacity * coverage kept in the log-sum (full coverage gives exactly 0).
 LOG_FLOOR = 1e-10
 
 
 def _check_shapes(points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int) -> None:
+    def shape(v):
+        return tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+
     if not (isinstance(points, Tensor) and points.ndim == 4 and points.shape[-2:] == (4, 2)):
-        got = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
-        raise ValueError(f"points must be a tensor [S, N, 4, 2], got {got}")
+        raise ValueError(f"points must be a tensor [S, N, 4, 2], got {shape(points)}")
+    if not points.is_floating_point():
+        raise ValueError(f"points must be floating point, got {points.dtype}")
     sn = tuple(points.shape[:2])
     for name, value in (("half_widths", half_widths), ("opacities", opacities)):
         if not isinstance(value, Tensor) or tuple(value.shape) != sn:
-            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"{name} must be a tensor [S, N] = {list(sn)}, got {got}")
-    if not points.is_floating_point():
-        raise ValueError(f"points must be floating point, got {points.dtype}")
+            raise ValueError(f"{name} must be a tensor [S, N] = {list(sn)}, got {shape(value)}")
     for name, value in (("height", height), ("width", width)):
         if int(value) != value or int(value) < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -75,116 +83,153 @@ def _bezier(p: Tensor, t: Tensor) -> Tensor:
     return (bernstein(t).unsqueeze(-1) * p).sum(-2)
 
 
-def _pixel_pairs(p: Tensor, r: Tensor, height: int, width: int):
-    """(stroke, pixel) pairs that may be covered, with the nearest curve parameter.
+def _power_basis(p: Tensor) -> Tensor:
+    """Coefficients of B(t) = k0 + k1 t + k2 t^2 + k3 t^3. p: [B, 4, 2] -> [8, B] (x0..x3, y0..y3)."""
+    p0, p1, p2, p3 = p.unbind(-2)
+    k = torch.stack((p0, 3 * (p1 - p0), 3 * (p0 - 2 * p1 + p2), p3 - p0 + 3 * (p1 - p2)), 0)  # [4, B, 2]
+    return k.permute(2, 0, 1).reshape(8, -1).contiguous()
 
-    p: [B, 4, 2] control points (no grad); r: [B] half-widths.
-    Returns stroke [M], pixel index y * width + x [M], t [M] (all without grad).
+
+def _chords(p: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split each stroke into ``count`` chords of equal arc length.
+
+    p: [B, 4, 2]; count: [B] chords per stroke (0 allowed).
+    Returns stroke_of [G], t0 [G], t1 [G] (curve parameters of each chord's ends).
     """
     device, dtype = p.device, p.dtype
     num = p.shape[0]
+    dense = torch.linspace(0, 1, ARC_SAMPLES + 1, device=device, dtype=dtype)
+    pts = (bernstein(dense)[None, :, :, None] * p[:, None]).sum(-2)  # [B, T+1, 2]
+    seg = (pts[:, 1:] - pts[:, :-1]).norm(dim=-1)
+    cum = torch.cat((torch.zeros(num, 1, device=device, dtype=dtype), seg.cumsum(1)), 1)  # [B, T+1]
+    stroke_of = torch.repeat_interleave(torch.arange(num, device=device), count)  # [G]
+    j = torch.arange(stroke_of.numel(), device=device) - (torch.cumsum(count, 0) - count)[stroke_of]
+    n = count[stroke_of].to(dtype)
+    ends = torch.stack((j / n, (j + 1) / n), 1) * cum[stroke_of, -1:]  # [G, 2] arc length of chord ends
+    table = cum[stroke_of]  # [G, T+1]
+    k = torch.searchsorted(table, ends.contiguous()).clamp(1, ARC_SAMPLES)  # segment k-1..k holds the end
+    c0, c1 = table.gather(1, k - 1), table.gather(1, k)
+    frac = ((ends - c0) / (c1 - c0).clamp_min(1e-12)).clamp(0, 1)
+    t = (k - 1 + frac).to(dtype) / ARC_SAMPLES
+    t[:, 0] = torch.where(j == 0, 0.0, t[:, 0])
+    t[:, 1] = torch.where(j + 1 == count[stroke_of], 1.0, t[:, 1])
+    return stroke_of, t[:, 0].contiguous(), t[:, 1].contiguous()
+
+
+def _search(p: Tensor, r: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(stroke, pixel) pairs that may be covered, with the nearest curve parameter.
+
+    p: [B, 4, 2] control points; r: [B] half-widths (no grad).
+    Returns stroke [M] (long), pixel [M] = y * width + x (long), t [M] (p.dtype).
+    """
+    device, dtype = p.device, p.dtype
+    num = p.shape[0]
+    long = dict(dtype=torch.long, device=device)
     margin = r.clamp_min(0) + MARGIN  # [B]
-
-    # --- flatten into chords ------------------------------------------------------
-    poly = (p[:, 1:] - p[:, :-1]).norm(dim=-1).sum(-1)  # [B] >= arc length
-    chords = (poly / CHORD).ceil().clamp(1, MAX_CHORDS).long()  # [B]
-    stroke_of = torch.repeat_interleave(torch.arange(num, device=device), chords)  # [G]
-    first = torch.cumsum(chords, 0) - chords  # [B] index of a stroke's first chord
-    j = torch.arange(stroke_of.numel(), device=device) - first[stroke_of]  # [G]
-    n = chords[stroke_of].to(dtype)
-    t0, t1 = j.to(dtype) / n, (j + 1).to(dtype) / n
-    pg = p[stroke_of]  # [G, 4, 2]
-    a, c = _bezier(pg, t0), _bezier(pg, t1)  # [G, 2]
-
-    # --- stroke patches: bounding box of the control points + margin, on canvas -----
-    lo = (p.amin(1) - margin[:, None]).floor().long()  # [B, 2]
-    hi = (p.amax(1) + margin[:, None]).ceil().long() + 1
-    size = torch.tensor([width, height], device=device)
-    lo = torch.minimum(torch.maximum(lo, torch.zeros_like(lo)), size)
-    hi = torch.minimum(torch.maximum(hi, lo), size)
-    extent = hi - lo  # [B, 2] (w, h) of each patch
-    area = extent[:, 0] * extent[:, 1]
-    offset = torch.cumsum(area, 0) - area  # [B]
-    total = int(area.sum())
-    if total == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
+    empty = torch.zeros(0, **long)
+    if num == 0:
         return empty, empty, torch.zeros(0, dtype=dtype, device=device)
 
-    # --- per-chord windows, squared distance to the chord ------------------------
+    # --- stroke patches: control-point bounding box + margin, clipped to the canvas ---
+    size = torch.tensor([width, height], **long)
+    lo = (p.amin(1) - margin[:, None]).floor().clamp(-1, 1 << 20).long().clamp(min=0).minimum(size)  # [B, 2]
+    hi = (p.amax(1) + margin[:, None]).ceil().clamp(-1, 1 << 20).long().add(1).maximum(lo).minimum(size)
+    extent = hi - lo  # [B, 2] patch (w, h)
+    area = extent[:, 0] * extent[:, 1]
+    end = torch.cumsum(area, 0)
+    offset = end - area
+    total = int(end[-1])
+    if total == 0:
+        return empty, empty, torch.zeros(0, dtype=dtype, device=device)
+
+    # --- chords of equal arc length (strokes with an empty patch get none) -------
+    poly = (p[:, 1:] - p[:, :-1]).norm(dim=-1).sum(-1)  # [B] >= arc length
+    count = (poly / CHORD).ceil().clamp(1, MAX_CHORDS).long() * (area > 0)
+    stroke_of, t0, t1 = _chords(p, count)
+    pg = p[stroke_of]  # [G, 4, 2]
+    a, c = _bezier(pg, t0), _bezier(pg, t1)  # chord ends [G, 2]
+    e = c - a
+    length = e.norm(dim=-1)  # [G]
+    zero = length < 1e-9  # a point: any unit direction works, take x
+    ux = torch.where(zero, 1.0, e[:, 0] / length.clamp_min(1e-9))
+    uy = torch.where(zero, 0.0, e[:, 1] / length.clamp_min(1e-9))
     mg = margin[stroke_of]
-    wlo = (torch.minimum(a, c) - mg[:, None]).floor()  # [G, 2]
-    whi = (torch.maximum(a, c) + mg[:, None]).ceil()
-    win = int((whi - wlo).max()) + 1
-    ar = torch.arange(win, device=device, dtype=dtype)
-    wlo_l = wlo.long()
-    gx = wlo[:, 0:1] + ar  # [G, win] pixel column
-    gy = wlo[:, 1:2] + ar  # [G, win] pixel row
-    e = c - a  # [G, 2]
-    inv = 1 / (e * e).sum(-1).clamp_min(1e-12)  # [G]
-    dx = (gx + 0.5 - a[:, 0:1])[:, None, :]  # [G, 1, win]
-    dy = (gy + 0.5 - a[:, 1:2])[:, :, None]  # [G, win, 1]
-    u = ((dx * e[:, 0, None, None] + dy * e[:, 1, None, None]) * inv[:, None, None]).clamp(0, 1)
-    d2 = (dx - u * e[:, 0, None, None]) ** 2 + (dy - u * e[:, 1, None, None]) ** 2  # [G, win, win]
+    # pixel k (centre k + 0.5) can be within mg of the chord when lo - mg <= k + 0.5 <= hi + mg
+    first = (torch.minimum(a, c) - mg[:, None] - 0.5).ceil()  # [G, 2] first pixel of the window
+    win = int(((torch.maximum(a, c) + mg[:, None] - 0.5).floor() - first).max()) + 1
+    best = torch.full((total,), float("inf"), dtype=dtype, device=device)
+    per_chunk = max(1, CHUNK_ELEMENTS // (win * win))
+    for s in range(0, stroke_of.numel(), per_chunk):
+        sl = slice(s, s + per_chunk)
+        _scatter_chords(
+            best, stroke_of[sl], a[sl], first[sl], ux[sl], uy[sl], length[sl], mg[sl], t0[sl], t1[sl],
+            lo, extent, offset, win,
+        )  # fmt: skip
 
-    # --- scatter min(key) into the stroke patches ---------------------------------
-    slo = lo[stroke_of]  # [G, 2]
-    sext = extent[stroke_of]
-    lx = wlo_l[:, 0:1] + torch.arange(win, device=device) - slo[:, 0:1]  # [G, win] col in patch
-    ly = wlo_l[:, 1:2] + torch.arange(win, device=device) - slo[:, 1:2]
-    okx = (lx >= 0) & (lx < sext[:, 0:1])
-    oky = (ly >= 0) & (ly < sext[:, 1:2])
-    ok = oky[:, :, None] & okx[:, None, :] & (d2 < (mg * mg)[:, None, None])
-    index = offset[stroke_of, None, None] + ly[:, :, None] * sext[:, 0, None, None] + lx[:, None, :]
-    index = torch.where(ok, index, total)  # slot `total` is a bin for the rest
-    key = (d2.float().view(torch.int32).long() << CHORD_BITS) | j[:, None, None]
-    best = torch.full((total + 1,), KEY_EMPTY, dtype=torch.long, device=device)
-    best.scatter_reduce_(0, index.reshape(-1), key.reshape(-1), "amin")
-
-    # --- decode the pairs -------------------------------------------------------
-    pos = (best[:total] != KEY_EMPTY).nonzero().squeeze(1)  # [M]
-    stroke = torch.searchsorted(offset + area, pos, right=True)  # [M]
+    # --- decode the pairs: keys below KEY_SCALE are within the margin --------------
+    pos = (best < KEY_SCALE).nonzero().squeeze(1)  # [M]
+    key = best[pos]
+    t = (key - key.floor()) / T_PACK
+    stroke = torch.searchsorted(end, pos, right=True)
     local = pos - offset[stroke]
     pw = extent[stroke, 0]
-    px = lo[stroke, 0] + local % pw
-    py = lo[stroke, 1] + torch.div(local, pw, rounding_mode="floor")
-    chord = first[stroke] + (best[pos] & ((1 << CHORD_BITS) - 1))  # [M] global chord index
-
-    # --- nearest parameter: projection on the chord, then one guarded Newton step ---
-    q = torch.stack((px.to(dtype) + 0.5, py.to(dtype) + 0.5), -1)  # [M, 2]
-    ac, ec = a[chord], e[chord]
-    uu = (((q - ac) * ec).sum(-1) * inv[chord]).clamp(0, 1)
-    t = t0[chord] + uu * (t1[chord] - t0[chord])
-    t = _newton(p[stroke], q, t)
-    return stroke, py * width + px, t
+    py = torch.div(local, pw, rounding_mode="floor")
+    px = local - py * pw
+    pixel = (lo[stroke, 1] + py) * width + lo[stroke, 0] + px
+    return stroke, pixel, t.clamp(0, 1)
 
 
-def _newton(p: Tensor, q: Tensor, t: Tensor, steps: int = 2) -> Tensor:
-    """Refine t to a local minimum of |B(t) - q|^2 on [0, 1]; keep a step only if it helps.
+def _scatter_chords(best, stroke_of, a, first, ux, uy, length, mg, t0, t1, lo, extent, offset, win):
+    """Scatter min(key) of every chord's window into the stroke patches ``best``.
 
-    p: [M, 4, 2], q: [M, 2], t: [M].
+    The window tensors are laid out [win (row), win (col), G] so that the innermost,
+    contiguous axis is the long chord axis, and every [win, win, G] quantity is one
+    broadcast op on [win, 1, G] / [1, win, G] parts: this is the renderer's hot spot.
+    Distances are pre-scaled by sqrt(KEY_SCALE) / margin, so key < KEY_SCALE means
+    "within the margin"; pixels outside the stroke's patch get a huge offset instead.
     """
-    # Power-basis coefficients: B(t) = k0 + k1 t + k2 t^2 + k3 t^3.
-    p0, p1, p2, p3 = p.unbind(-2)
-    k1 = 3 * (p1 - p0)
-    k2 = 3 * (p0 - 2 * p1 + p2)
-    k3 = p3 - p0 + 3 * (p1 - p2)
-    diff = p0 - q
+    device, dtype = a.device, a.dtype
+    ar = torch.arange(win, device=device)[:, None]  # [win, 1]
+    col = first[:, 0].long() + ar - lo[stroke_of, 0]  # [win, G] column inside the patch
+    row = first[:, 1].long() + ar - lo[stroke_of, 1]
+    pw, ph = extent[stroke_of, 0], extent[stroke_of, 1]
+    scale = KEY_SCALE**0.5 / mg  # [G]
+    arf = ar.to(dtype)
+    dx = torch.where((col >= 0) & (col < pw), (first[:, 0] + 0.5 - a[:, 0] + arf) * scale, BIG)  # [win, G]
+    dy = torch.where((row >= 0) & (row < ph), (first[:, 1] + 0.5 - a[:, 1] + arf) * scale, BIG)
+    along = torch.add((dx * ux)[None], (dy * uy)[:, None])  # [win, win, G], along the chord
+    cross = torch.sub((dx * uy)[None], (dy * ux)[:, None])  # across it
+    on = torch.clamp(along, torch.zeros_like(length), length * scale)  # nearest point's coordinate
+    d2 = torch.addcmul(cross.mul_(cross), along.sub_(on), along)  # (scaled distance)^2
+    # key = floor(scaled d^2) + T_PACK * t(nearest point)
+    slope = T_PACK * (t1 - t0) / (length * scale).clamp_min(1e-12)
+    key = d2.floor_().add_(T_PACK * t0).addcmul_(on, slope)
+    index = (offset[stroke_of] + row.clamp(min=0).minimum(ph - 1) * pw)[:, None] + col.clamp(min=0).minimum(pw - 1)
+    best.scatter_reduce_(0, index.view(-1), key.view(-1), "amin")
+
+
+def _newton(k: Tensor, cx: Tensor, cy: Tensor, t: Tensor, steps: int = 2) -> Tensor:
+    """Refine t towards a local minimum of |B(t) - c|^2 on [0, 1]; a step is kept only if it helps.
+
+    k: [8, M] power-basis coefficients per pair (x0..x3, y0..y3); cx, cy, t: [M].
+    """
+    x0, x1, x2, x3, y0, y1, y2, y3 = k.unbind(0)
+    x0, y0 = x0 - cx, y0 - cy
 
     def dist2(tt):
-        tv = tt[:, None]
-        b = diff + tv * (k1 + tv * (k2 + tv * k3))
-        return (b * b).sum(-1)
+        bx = x0 + tt * (x1 + tt * (x2 + tt * x3))
+        by = y0 + tt * (y1 + tt * (y2 + tt * y3))
+        return bx * bx + by * by
 
     best = dist2(t)
     for _ in range(steps):
-        tv = t[:, None]
-        b = diff + tv * (k1 + tv * (k2 + tv * k3))
-        db = k1 + tv * (2 * k2 + 3 * tv * k3)
-        ddb = 2 * k2 + 6 * tv * k3
-        g = (b * db).sum(-1)
-        h = (db * db).sum(-1) + (b * ddb).sum(-1)
-        step = torch.where(h > 1e-12, g / h.clamp_min(1e-12), torch.zeros_like(g))
-        cand = (t - step).clamp(0, 1)
+        bx = x0 + t * (x1 + t * (x2 + t * x3))
+        by = y0 + t * (y1 + t * (y2 + t * y3))
+        dbx = x1 + t * (2 * x2 + 3 * t * x3)
+        dby = y1 + t * (2 * y2 + 3 * t * y3)
+        g = bx * dbx + by * dby
+        h = dbx * dbx + dby * dby + bx * (2 * x2 + 6 * t * x3) + by * (2 * y2 + 6 * t * y3)
+        cand = torch.where(h > 1e-12, t - g / h.clamp_min(1e-12), t - g.sign() * 1e-3).clamp(0, 1)
         cd = dist2(cand)
         better = cd < best
         t = torch.where(better, cand, t)
@@ -192,24 +237,102 @@ def _newton(p: Tensor, q: Tensor, t: Tensor, steps: int = 2) -> Tensor:
     return t
 
 
-def _band_coverage(d: Tensor, r: Tensor, nx: Tensor, ny: Tensor) -> Tensor:
+def _band_coverage(d: Tensor, r: Tensor, nx: Tensor, ny: Tensor, grad: bool):
     """Area of the unit pixel square inside a straight band of half-width r.
 
-    d: distance of the pixel centre to the band's centre line; (nx, ny): the band's
-    unit normal. The square projected on the normal has a trapezoid density made of
-    two box widths |nx| and |ny|; coverage = G(r - d) + G(r + d) with G its CDF - 1/2.
+    d: distance of the pixel centre to the band's centre line, (nx, ny) the band's unit
+    normal, all [M]. Coverage = G(r - d) + G(r + d), G the centred CDF of the square
+    projected on the normal: a trapezoid density of widths w1 = max(|nx|, |ny|) and
+    w2 = min(...). With ``grad``, also d cov / d (d, r, nx, ny).
     """
     ax, ay = nx.abs(), ny.abs()
-    w1, w2 = torch.maximum(ax, ay), torch.minimum(ax, ay)
+    xmajor = ax >= ay
+    w1, w2 = torch.maximum(ax, ay), torch.minimum(ax, ay).clamp_min(1e-6)
     h1, h2 = (w1 - w2) / 2, (w1 + w2) / 2
-    denom = 2 * w1 * w2.clamp_min(1e-6)
+    inv_w1, inv_2w1w2 = 1 / w1, 1 / (2 * w1 * w2)
 
-    def half_cdf(x: Tensor) -> Tensor:
-        s = x.abs().minimum(h2)
-        g = torch.where(s <= h1, s / w1, 0.5 - (h2 - s) ** 2 / denom)
-        return torch.where(x < 0, -g, g)
+    def half_cdf(x):  # x >= 0 here; returns G, G', dG/dw1, dG/dw2
+        s = x.minimum(h2)
+        v = h2 - s
+        linear = s <= h1
+        g = torch.where(linear, s * inv_w1, 0.5 - v * v * inv_2w1w2)
+        if not grad:
+            return g, None, None, None
+        dg = torch.where(linear, inv_w1, 2 * v * inv_2w1w2)
+        k = v * inv_2w1w2
+        dw1 = torch.where(linear, -s * inv_w1 * inv_w1, -k * (1 - v * inv_w1))
+        dw2 = torch.where(linear, torch.zeros_like(s), -k * (1 - v / w2))
+        return g, dg, dw1, dw2
 
-    return half_cdf(r - d) + half_cdf(r + d)
+    u = r - d
+    sign = torch.where(u < 0, -1.0, 1.0).to(d.dtype)
+    g1, dg1, a1, b1 = half_cdf(u.abs())
+    g2, dg2, a2, b2 = half_cdf(r + d)
+    cover = sign * g1 + g2
+    if not grad:
+        return cover, None
+    d_d = dg2 - dg1  # G' is even
+    d_r = dg1 + dg2
+    d_w1, d_w2 = sign * a1 + a2, sign * b1 + b2
+    d_ax = torch.where(xmajor, d_w1, d_w2)
+    d_ay = torch.where(xmajor, d_w2, d_w1)
+    return cover, (d_d, d_r, d_ax * torch.where(nx < 0, -1.0, 1.0), d_ay * torch.where(ny < 0, -1.0, 1.0))
+
+
+class _LogTransmittance(torch.autograd.Function):
+    """Sum over strokes of log(1 - opacity * coverage) per pixel, with a per-pair backward.
+
+    Inputs: k [8, B] power-basis coefficients (grad), r [B], alpha [B] (grad), and the
+    pairs: stroke [M], image index [M], t [M], pixel centre cx, cy [M] (no grad).
+    Output: [num_pixels] (S * H * W).
+    """
+
+    @staticmethod
+    def forward(ctx, k, r, alpha, stroke, index, t, cx, cy, num_pixels):
+        grad = any(ctx.needs_input_grad[:3])
+        ks = k[:, stroke]  # [8, M]
+        x0, x1, x2, x3, y0, y1, y2, y3 = ks.unbind(0)
+        qx = x0 + t * (x1 + t * (x2 + t * x3))
+        qy = y0 + t * (y1 + t * (y2 + t * y3))
+        dx, dy = cx - qx, cy - qy
+        d = (dx * dx + dy * dy).add_(1e-12).sqrt_()
+        # A pixel centre on the centre line (d ~ 0) has no normal; any unit vector will do
+        # there (the band covers that pixel fully for r >= sqrt(2)/2), and (1, 0) avoids 0/0.
+        on_line = d < 1e-5
+        nx = torch.where(on_line, torch.ones_like(d), dx / d)
+        ny = torch.where(on_line, torch.zeros_like(d), dy / d)
+        rs, al = r[stroke], alpha[stroke]
+        cover, parts = _band_coverage(d, rs, nx, ny, grad)
+        keep = 1 - al * cover
+        kept = keep > LOG_FLOOR
+        log_keep = torch.log(keep.clamp_min(LOG_FLOOR))
+        out = torch.zeros(num_pixels, dtype=k.dtype, device=k.device).index_add_(0, index, log_keep)
+        if grad:
+            d_d, d_r, d_nx, d_ny = parts
+            # d log_keep / d cover, zero where the floor was hit
+            dl_dc = torch.where(kept, -al / keep.clamp_min(LOG_FLOOR), torch.zeros_like(keep))
+            # d cover / d(pixel centre - q): radial part plus the normal's rotation
+            tangential = (d_nx * ny - d_ny * nx) / d
+            gx = dl_dc * (d_d * nx + tangential * ny)
+            gy = dl_dc * (d_d * ny - tangential * nx)
+            ctx.save_for_backward(stroke, index, t, gx, gy, dl_dc * d_r, torch.where(kept, -cover / keep, 0.0))
+            ctx.num_strokes = k.shape[1]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        stroke, index, t, gx, gy, gr, ga = ctx.saved_tensors
+        go = grad_out[index]  # [M]
+        # d/d q = -(d/d (centre - q)); q = sum_i t^i k_i
+        gqx, gqy = -go * gx, -go * gy
+        t2 = t * t
+        powers = torch.stack((torch.ones_like(t), t, t2, t2 * t), 0)  # [4, M]
+        src = torch.cat((powers * gqx, powers * gqy), 0)  # [8, M]
+        num = ctx.num_strokes
+        grad_k = torch.zeros(num, 8, dtype=src.dtype, device=src.device).index_add_(0, stroke, src.T)
+        grad_r = torch.zeros(num, dtype=src.dtype, device=src.device).index_add_(0, stroke, go * gr)
+        grad_a = torch.zeros(num, dtype=src.dtype, device=src.device).index_add_(0, stroke, go * ga)
+        return grad_k.T, grad_r, grad_a, None, None, None, None, None, None
 
 
 def render_strokes(points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int) -> Tensor:
@@ -226,23 +349,19 @@ def render_strokes(points: Tensor, half_widths: Tensor, opacities: Tensor, heigh
     _check_shapes(points, half_widths, opacities, height, width)
     height, width = int(height), int(width)
     s, n = points.shape[:2]
-    dtype, device = points.dtype, points.device
+    dtype = points.dtype
     p = points.reshape(s * n, 4, 2)
     r = half_widths.to(dtype).reshape(s * n)
     alpha = opacities.to(dtype).reshape(s * n)
+    k = _power_basis(p)  # [8, B], differentiable (a linear map of the points)
 
     with torch.no_grad():
-        stroke, pixel, t = _pixel_pairs(p.detach(), r.detach(), height, width)
-        weights = bernstein(t)  # [M, 4]
-        centre = torch.stack(((pixel % width).to(dtype) + 0.5, (pixel // width).to(dtype) + 0.5), -1)
+        stroke, pixel, t = _search(p.detach(), r.detach(), height, width)
+        cx = (pixel % width).to(dtype) + 0.5
+        cy = torch.div(pixel, width, rounding_mode="floor").to(dtype) + 0.5
+        t = _newton(k.detach()[:, stroke], cx, cy, t)
+        index = torch.div(stroke, n, rounding_mode="floor") * (height * width) + pixel
 
-    nearest = (weights.unsqueeze(-1) * p[stroke]).sum(-2)  # [M, 2], grad w.r.t. points
-    delta = centre - nearest
-    d = (delta * delta).sum(-1).add(1e-12).sqrt()
-    normal = delta / d[:, None]
-    cover = _band_coverage(d, r[stroke], normal[:, 0], normal[:, 1])
-    log_keep = torch.log((1 - alpha[stroke] * cover).clamp_min(LOG_FLOOR))
-    image = torch.zeros(s * height * width, dtype=dtype, device=device)
-    image = image.index_add(0, torch.div(stroke, n, rounding_mode="floor") * (height * width) + pixel, log_keep)
-    rgb = image.exp().view(s, 1, height, width)
+    log_image = _LogTransmittance.apply(k, r, alpha, stroke, index, t, cx, cy, s * height * width)
+    rgb = log_image.exp().view(s, 1, height, width)
     return rgb.expand(s, 3, height, width).contiguous()
