@@ -152,6 +152,8 @@ def resume_config(resume: str | Path) -> tuple[DictConfig, Path]:
 # The frozen CLIP is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Skipping a non-finite step returns None on purpose; the skip is counted and logged.
+warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
 
 
 def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
