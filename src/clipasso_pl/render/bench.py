@@ -64,6 +64,19 @@ def _time(fn, repeats: int, device: torch.device) -> list[float]:
     return out
 
 
+def contention_probe_ms() -> float:
+    """Median ms of one multiply of 200k floats. On an idle machine this is ~0.05 ms; when
+    other processes hold the cores, each parallel region waits for a descheduled worker
+    thread (several ms per op), which inflates every timing here."""
+    x = torch.randn(200_000)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        x.mul(1.0001)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
 def _peak_rss_mb() -> float:
     # ru_maxrss is KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -123,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     def ours(strokes: Strokes):
         return render_strokes(strokes.points, strokes.half_widths, strokes.opacities, size, size)
 
+    probe_before = contention_probe_ms()
     diffvg = _diffvg() if args.device == "cpu" else None
     rows = []
     for s in args.seeds:
@@ -150,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{'' if target is None else f'{target:.0f}':>10}{mark}"
         )
     peak = _peak_rss_mb()
+    probe = max(probe_before, contention_probe_ms())
     print(f"peak RSS of this process: {peak:.0f} MiB")
+    if probe > 1.0:
+        print(
+            f"warning: a 200k-float multiply took {probe:.1f} ms (idle: ~0.05 ms): other processes share the "
+            f"cores and every parallel op waits for a worker thread; rerun on an idle machine or with --threads 1"
+        )
     report = {
         "device": args.device,
         "threads": args.threads,
@@ -162,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_forward_backward_ms_s1": {str(k): v for k, v in TARGET_MS.items()},
         "rows": rows,
         "peak_rss_mb": peak,
+        "contention_probe_ms": probe,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
