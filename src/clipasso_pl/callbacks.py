@@ -253,18 +253,16 @@ class WandbMedia(pl.Callback):
         self.log_image_interval = log_image_interval
 
     def _images(self, trainer, key: str, images: list, captions: list[str]) -> None:
-        from .tracking import wandb_run
-
-        run = wandb_run(trainer)
-        if run is None or trainer.global_rank != 0:
-            return
-        import wandb
+        from pytorch_lightning.loggers import WandbLogger
 
         from .images import to_uint8
 
-        pictures = [wandb.Image(to_uint8(im) if isinstance(im, torch.Tensor) else im, caption=c)
-                    for im, c in zip(images, captions)]
-        run.log({key: pictures}, step=trainer.global_step)
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if logger is None or trainer.global_rank != 0:
+            return
+        pictures = [to_uint8(im) if isinstance(im, torch.Tensor) else im for im in images]
+        # Through the logger, so images share Lightning's step axis with the metrics.
+        logger.log_image(key, pictures, step=trainer.global_step, caption=captions)
 
     def on_train_start(self, trainer, module: SketchModule) -> None:
         self._images(trainer, "images/input", [module.target[0]], ["target"])

@@ -9,6 +9,7 @@ one-line warning.
 
 from __future__ import annotations
 
+import netrc
 import os
 import warnings
 from pathlib import Path
@@ -19,12 +20,12 @@ def wandb_mode() -> str:
     mode = os.environ.get("WANDB_MODE")
     if mode:
         return mode
-    try:
-        import wandb
-
-        if os.environ.get("WANDB_API_KEY") or wandb.api.api_key:
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:  # `wandb login` stores the key in ~/.netrc
+        if netrc.netrc().authenticators("api.wandb.ai"):
             return "online"
-    except Exception:  # noqa: BLE001 - an unreadable netrc simply means "not logged in"
+    except (OSError, netrc.NetrcParseError):
         pass
     return "offline"
 
