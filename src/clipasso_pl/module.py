@@ -8,7 +8,7 @@ draws, so seed k gives the same sketch alone or in a batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
@@ -47,7 +47,7 @@ class EvalRecord:
     step: int
     terms: dict[str, Tensor]
     points: Tensor
-    active: Tensor = field(default=None)
+    active: Tensor | None = None
 
 
 class SketchModule(pl.LightningModule):
