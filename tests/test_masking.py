@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from clipasso_pl import masking
 from clipasso_pl.errors import ClipassoError
+from clipasso_pl.scene.inputs import prepare_inputs
 
 
 def _scene_rgba(size: int = 64) -> Image.Image:
@@ -96,9 +97,82 @@ def test_on_white_and_resize_obj_to_seventy_percent():
     assert placement.scale == pytest.approx(70 / 39, rel=0.05)
 
 
-def test_square_image_pads_with_transparent_white():
+def test_square_image_pads_transparent_only_when_the_image_has_transparency():
     img = Image.new("RGBA", (60, 30), (255, 0, 0, 255))
     sq = masking.square_image(img, 512, fix_scale=True)
     assert sq.size == (60, 60)
+    # An opaque photo stays opaque (its padding must not become an 'object mask').
+    assert sq.getpixel((0, 0)) == (255, 255, 255, 255) and sq.getpixel((30, 30)) == (255, 0, 0, 255)
+    assert masking.alpha_mask(sq) is None
+    img.putpixel((0, 0), (255, 0, 0, 0))
+    sq = masking.square_image(img, 512, fix_scale=True)
     assert sq.getpixel((0, 0)) == (255, 255, 255, 0) and sq.getpixel((30, 30)) == (255, 0, 0, 255)
     assert masking.square_image(img, 40, fix_scale=False).size == (40, 40)
+
+
+# ---- the whole input preparation (prepare_inputs) on a non-square RGBA scene
+def scene_rgba(size=(96, 72)) -> Image.Image:
+    """A photo (sky, ground, a dark line) whose alpha channel marks a red disc as the object."""
+    img = Image.new("RGBA", size, (190, 210, 235, 255))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.rectangle((0, int(h * 0.65), w, h), fill=(90, 140, 60, 255))
+    d.line((0, h // 4, w, h // 3), fill=(40, 40, 40, 255), width=2)
+    obj = Image.new("L", size, 0)
+    ImageDraw.Draw(obj).ellipse((w * 0.35, h * 0.25, w * 0.65, h * 0.8), fill=255)
+    disc = Image.new("RGBA", size, (200, 30, 30, 255))
+    img = Image.composite(disc, img, obj)
+    img.putalpha(obj)
+    return img
+
+
+@pytest.fixture
+def rgba_path(tmp_path):
+    path = tmp_path / "scene.png"
+    scene_rgba().save(path)
+    return path
+
+
+def test_square_image_keeps_colours_under_transparent_pixels():
+    img = scene_rgba()
+    sq = masking.square_image(img, max_size=48, fix_scale=True)
+    assert sq.size == (48, 48) and sq.mode == "RGBA"
+    rgb = np.asarray(sq.convert("RGB")).astype(int)
+    alpha = np.asarray(sq.getchannel("A"))
+    # Top-left of the photo (row 4 of 36 photo rows, after 6 rows of padding) is sky, transparent
+    # in the alpha channel, and must keep its sky colour rather than go black (no premultiplying).
+    assert alpha[12, 2] == 0 and abs(rgb[12, 2] - [190, 210, 235]).max() <= 3
+    # The padding is white and not part of the object.
+    assert (rgb[0, 0] == 255).all() and alpha[0, 0] == 0
+
+
+def test_mask_file_overrides_alpha(tmp_path, rgba_path):
+    box = Image.new("L", (96, 72), 0)
+    ImageDraw.Draw(box).rectangle((0, 0, 20, 20), fill=255)
+    path = tmp_path / "box.png"
+    box.save(path)
+    inputs = prepare_inputs(rgba_path, ["background", "foreground"], mask=path, max_size=96, dilation=1)
+    # Square 96 px: the photo sits 12 rows down; the 21 x 21 box is the object.
+    assert inputs.mask.sum() == 21 * 21 and inputs.mask[12, 0] and not inputs.mask[40, 48]
+
+
+def test_prepare_inputs_splits_foreground_and_background(rgba_path):
+    inputs = prepare_inputs(rgba_path, ["background", "foreground"], max_size=96)
+    assert inputs.image.shape == (3, 96, 96)
+    m = inputs.mask
+    # Foreground: the disc on white; background: no red left where the disc was.
+    assert torch.allclose(inputs.foreground[:, ~m], torch.ones(1))
+    assert (inputs.foreground[0, m] - inputs.foreground[1, m]).mean() > 0.5
+    red = inputs.background[0, m] - inputs.background[1, m]
+    assert red.mean() < 0.1, float(red.mean())
+    assert inputs.target("foreground", 48).shape == (3, 48, 48)
+
+
+def test_opaque_target_without_mask_fails_unless_background_only(tmp_path):
+    path = tmp_path / "opaque.png"
+    scene_rgba().convert("RGB").save(path)
+    with pytest.raises(ClipassoError) as e:
+        prepare_inputs(path, ["background", "foreground"], mask_model=None)
+    assert "\n" not in str(e.value) and "mask=" in str(e.value)
+    inputs = prepare_inputs(path, ["background"], mask_model=None, max_size=64)
+    assert inputs.mask is None and torch.equal(inputs.background, inputs.image)

@@ -31,19 +31,23 @@ MASK_HINT = "pass mask=<mask image>, a target PNG with an alpha channel, or part
 
 
 def square_image(img: Image.Image, max_size: int = 512, fix_scale: bool = True,
-                 resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+                 resample: Image.Resampling = Image.Resampling.BICUBIC, fill=None) -> Image.Image:
     """A square copy of ``img`` no larger than ``max_size`` px per side.
 
-    fix_scale=True pads the shorter side (white, transparent for RGBA); False squashes.
-    RGBA is resized channel-wise, not premultiplied, so the photo under a transparent
-    object mask keeps its colours.
+    fix_scale=True pads the shorter side with ``fill`` (default white; for a grey/mask
+    image 0); False squashes. RGBA is resized channel-wise, not premultiplied, so the
+    photo under a transparent object mask keeps its colours; its padding is transparent
+    only when the image has transparency (an opaque photo stays opaque).
     """
     if img.mode == "RGBA":
+        alpha = img.getchannel("A")
+        alpha_fill = 0 if np.asarray(alpha).min() < 255 else 255
         rgb = square_image(img.convert("RGB"), max_size, fix_scale, resample)
-        alpha = square_image(img.getchannel("A"), max_size, fix_scale, resample)
+        alpha = square_image(alpha, max_size, fix_scale, resample, fill=alpha_fill)
         return Image.merge("RGBA", (*rgb.split(), alpha))
     if fix_scale:
-        fill = (255, 255, 255, 0) if img.mode == "RGBA" else (0 if img.mode == "L" else (255, 255, 255))
+        if fill is None:
+            fill = 0 if img.mode == "L" else (255, 255, 255)
         img = pad_to_square(img, fill)
     side = min(max_size, max(img.size))
     if img.size != (side, side):
