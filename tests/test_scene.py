@@ -182,3 +182,16 @@ def test_no_mask_is_a_one_line_error(tmp_path):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no alpha channel" in lines[0], res.stderr
+
+
+def test_default_config_resolves_and_reproduces_the_paper():
+    from omegaconf import OmegaConf
+
+    cfg = compose("scene")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves (no sketch-only keys)
+    assert cfg.clip.model == "ViT-B-32-quickgelu" and cfg.strokes == 64 and list(cfg.layers) == [2, 8, 11]
+    assert (cfg.fidelity.background_steps, cfg.fidelity.foreground_steps, cfg.fidelity.foreground_steps_deep) == (1501, 600, 1000)
+    assert (cfg.simplicity.steps, cfg.simplicity.temperature, cfg.levels, cfg.lr) == (401, 0.2, 8, 1e-4)
+    assert (cfg.fidelity.eval_start, cfg.fidelity.eval_interval, list(cfg.seeds)) == (400, 50, [0, 1000])
+    smoke = compose("scene", ["preset=smoke"])
+    assert smoke.clip.model == "tiny-vit" and smoke.clip.pretrained is None and smoke.init.model == "tiny-vit"
