@@ -195,3 +195,35 @@ def test_default_config_resolves_and_reproduces_the_paper():
     assert (cfg.fidelity.eval_start, cfg.fidelity.eval_interval, list(cfg.seeds)) == (400, 50, [0, 1000])
     smoke = compose("scene", ["preset=smoke"])
     assert smoke.clip.model == "tiny-vit" and smoke.clip.pretrained is None and smoke.init.model == "tiny-vit"
+
+
+def test_module_trains_only_the_mlps_and_balances_the_object_terms():
+    from clipasso_pl.clip import JointAugment
+    from clipasso_pl.render import TorchRenderer
+    from clipasso_pl.scene.losses import grad_norm
+    from clipasso_pl.scene.module import SceneSketchModule
+
+    feats = ClipFeatures("tiny-vit", None)
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 64, 64, generator=g)
+    initial = 8 + 48 * torch.rand(2, 6, 4, 2, generator=g)
+    loss = SceneClipLoss(feats.layer_names, layer=1, anchor_layer=0, anchor_weight=0.5)
+    module = SceneSketchModule(target, feats, loss, JointAugment(num_augs=1, size=64), TorchRenderer(), initial,
+                               seeds=[0, 1000], hidden=32, simplify=True, ratio=1.0)
+    trainable = {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable == {"locations", "widths"}
+    # Points are the location MLP's output: x + 0.1 * delta, in pixels, near the initialisation.
+    assert module.points.shape == (2, 6, 4, 2) and (module.points - initial).abs().max() < 0.1 * 64 * 2
+    keep = module.keep(noise=True)
+    assert keep.shape == (2, 6) and bool(((keep >= 0) & (keep <= 1)).all())
+    sketch = module.render(module.current_points(), keep)
+    sf = feats(sketch)
+    with torch.no_grad():
+        tf = feats(module.target)
+    module._measure_balance(sf, tf)
+    b = float(module.balance)
+    params = [p for p in module.parameters() if p.requires_grad]
+    raw = loss(sf, tf, 2, 1.0)
+    anchor = grad_norm(raw["conv/block0"].sum(), params)
+    layer = grad_norm((b * raw["conv/block1"]).sum(), params)
+    assert b > 0 and float(layer) == pytest.approx(float(anchor), rel=1e-4)
