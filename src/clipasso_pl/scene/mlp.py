@@ -37,7 +37,7 @@ class LocationMLP(nn.Module):
 
 
 class WidthMLP(nn.Module):
-    """A fixed input [..., N] -> per-stroke keep logit probabilities q in (0, 1) [..., N].
+    """A fixed input [..., N] -> per-stroke keep probabilities q in (0, 1) [..., N] (before Gumbel-softmax).
 
     Layers: Linear(N, hidden), SELU, Linear(hidden, hidden), SELU, Linear(hidden, N), sigmoid.
     """
