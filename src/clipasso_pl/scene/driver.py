@@ -287,12 +287,14 @@ class SceneRunner:
     def row(self, layer: int, last_level: int) -> None:
         parts = [p for p in PARTS if p in self.cfg.parts]
         previous = {part: self.fidelity(part, layer) for part in parts}
-        self.combine(previous, cell_dir(self.root, layer, None))
+        kept = self.combine(previous, cell_dir(self.root, layer, None))
+        print(f"scene cell layer {layer} fidelity: {kept} strokes", flush=True)
         ratios = {part: self.ratios(part, layer, previous[part]) for part in parts}
         for level in range(last_level + 1):
             folder = cell_dir(self.root, layer, level)
             current = {part: self.level(part, layer, level, previous[part], ratios[part][level]) for part in parts}
-            self.combine(current, folder)  # cheap; redone so a resumed cell always has its composite
+            kept = self.combine(current, folder)  # cheap; redone so a resumed cell always has its composite
+            print(f"scene cell layer {layer} level {level}: {kept} strokes ({folder})", flush=True)
             previous = current
 
 
