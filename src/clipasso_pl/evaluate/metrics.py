@@ -133,7 +133,8 @@ def wilson_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, floa
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact bounds at 0 and n (the formula gives them only up to rounding)
+    return (0.0 if hits == 0 else max(0.0, centre - half)), (1.0 if hits == n else min(1.0, centre + half))
 
 
 def clopper_pearson_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:

@@ -119,10 +119,11 @@ def plot(rows: list[ResultRow], chance: float, title: str) -> bytes:
     sketch = [r for r in rows if r.kind == "sketch"]
     floor = [r for r in rows if r.kind == "random"]
     ceiling = next((r for r in rows if r.kind == "photo"), None)
+    shift = {"top1": 0.96, "top3": 1.0, "instance_top1": 1.04}  # side by side, so the CI bars do not hide each other
     for m in METRICS:
         c = colours[m]
         if sketch:
-            x = np.array([r.strokes for r in sketch], float)
+            x = np.array([r.strokes for r in sketch], float) * shift[m]
             y = np.array([r.accuracy[m] for r in sketch])
             err = np.array([[y[i] - r.interval[m][0], r.interval[m][1] - y[i]] for i, r in enumerate(sketch)]).T
             ax.errorbar(x, y, yerr=np.clip(err, 0, None), color=c, marker="o", capsize=3, label=f"sketches {METRIC_LABELS[m]}")
@@ -139,9 +140,11 @@ def plot(rows: list[ResultRow], chance: float, title: str) -> bytes:
     levels = sorted({r.strokes for r in rows if r.strokes})
     if levels:
         ax.set_xticks(levels, [str(v) for v in levels])
+        ax.set_xlim(min(levels) / 1.25, max(levels) * 1.25)
+        ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("strokes")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (bars: confidence interval)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -186,11 +189,8 @@ def grid(row_labels: list[str], column_labels: list[str], cells: list[list[GridC
             img.paste(pic, (x + 3, y + 3))
             draw.rectangle([x + 3, y + 3, x + cell - 4, y + cell - 4], outline=(180, 180, 180))
             colour = "black" if item.correct is None else ("darkgreen" if item.correct else "firebrick")
-            mark = "" if item.correct is None else ("✓ " if item.correct else "✗ ")
-            try:
-                draw.text((x + 4, y + cell), (mark + item.caption)[:24], fill=colour, font=small)
-            except UnicodeEncodeError:  # a default bitmap font without these glyphs
-                draw.text((x + 4, y + cell), item.caption[:24], fill=colour, font=small)
+            mark = "" if item.correct is None else ("OK " if item.correct else "X ")  # ASCII: the default font has no check mark
+            draw.text((x + 4, y + cell), (mark + item.caption)[:24], fill=colour, font=small)
     return img
 
 
