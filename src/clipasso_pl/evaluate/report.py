@@ -175,6 +175,7 @@ def grid(row_labels: list[str], column_labels: list[str], cells: list[list[GridC
     img = Image.new("RGB", (left + cell * max(len(column_labels), 1), top + (cell + caption_h) * len(row_labels)), "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(13), _font(11)
+    draw.text((6, 4), "caption: top-1 class", fill="black", font=small)
     for c, name in enumerate(column_labels):
         draw.text((left + c * cell + 4, 4), name[:22], fill="black", font=small)
     for r, name in enumerate(row_labels):

@@ -121,7 +121,7 @@ def warnings_for(dataset: Dataset, cfg: DictConfig) -> list[str]:
         if (want_c and len(counts) != want_c) or (want_p and any(v != want_p for v in counts.values())):
             notes.append(f"The dataset has {len(counts)} classes with {sorted(set(counts.values()))} photos each, not the "
                          f"protocol's {want_c} x {want_p}: the paper's numbers are not a like-for-like comparison.")
-    if len(counts) < 3:
+    if len(counts) <= 3:
         notes.append(f"Only {len(counts)} classes: top-3 counts the top {len(counts)} (every sample a hit).")
     return notes
 
@@ -217,8 +217,9 @@ def measure(cfg: DictConfig, run_dir: Path, dataset: Dataset, levels: list[int],
         f"classifier: {e.classifier} / {e.pretrained or 'random weights'}; prompts: {list(e.templates)}"
         f"{' (ensembled)' if e.ensemble and len(e.templates) > 1 else ''}; classes: {', '.join(dataset.class_names)}",
         f"intervals: {e.ci} at {float(e.ci_level):.0%}; ties count against the true class / own photo",
-        f"sketches: {'each seed is a sample' if e.get('per_seed') else 'best of seeds ' + str(list(cfg.seeds))}, "
-        f"{cfg.steps} steps, clip {cfg.clip.model} / {cfg.clip.pretrained or 'random weights'}",
+        f"sketches in {sketch_store(cfg, run_dir)}: {'each seed is a sample' if e.get('per_seed') else 'best of seeds'}; "
+        f"those made by this evaluation: seeds {list(cfg.seeds)}, {cfg.steps} steps, clip {cfg.clip.model} / "
+        f"{cfg.clip.pretrained or 'random weights'}",
         "instance top-1: the sketch's own photo ranks first among the photos of its class (image-embedding cosine)",
     ]
     if paper:
