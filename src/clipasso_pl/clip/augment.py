@@ -159,6 +159,7 @@ class JointAugment(nn.Module):
         src = torch.cat([sketch, target.detach()]).repeat_interleave(A, dim=0)  # [2*S*A, C, H, W]
         views = F.grid_sample(src, torch.cat([grid, grid]), mode="bilinear", padding_mode="zeros", align_corners=False)
         aug_s, aug_t = views.split(S * A)
+        aug_t = aug_t.detach()  # its rows came from the detached target: no graph to keep
 
         def interleave(plain: Tensor, aug: Tensor) -> Tensor:
             both = torch.cat([plain[:, None], aug.view(S, A, C, self.size, self.size)], dim=1)
