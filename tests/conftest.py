@@ -27,3 +27,19 @@ def tiny_models():
     except ImportError:
         return
     register_tiny_models()
+
+
+@pytest.fixture(scope="module")
+def rn():
+    """The tiny ResNet CLIP as a feature extractor (random weights)."""
+    from clipasso_pl.clip import TINY_RN, ClipFeatures
+
+    return ClipFeatures(TINY_RN, None)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    """The tiny ViT CLIP as a feature extractor (random weights)."""
+    from clipasso_pl.clip import TINY_VIT, ClipFeatures
+
+    return ClipFeatures(TINY_VIT, None)

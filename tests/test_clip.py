@@ -16,23 +16,12 @@ from clipasso_pl.clip import (
     CLIP_STD,
     TINY_RN,
     TINY_VIT,
-    ClipFeatures,
     load_clip_model,
     register_tiny_models,
     vit_attention,
 )
 from clipasso_pl.clip.features import normalize
 from clipasso_pl.errors import ClipassoError
-
-
-@pytest.fixture(scope="module")
-def rn():
-    return ClipFeatures(TINY_RN, None)
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return ClipFeatures(TINY_VIT, None)
 
 
 def images(n=2, size=224, seed=0):

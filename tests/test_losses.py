@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipasso_pl.clip import TINY_RN, TINY_VIT, ClipFeatures, JointAugment
+from clipasso_pl.clip import JointAugment
 from clipasso_pl.losses import ClipassoLoss, per_seed_mean
 
 S, A = 2, 2  # seeds, augmentations per seed
@@ -13,16 +13,6 @@ V = 1 + A  # views per seed
 
 def gens(*seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-@pytest.fixture(scope="module")
-def rn():
-    return ClipFeatures(TINY_RN, None)
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return ClipFeatures(TINY_VIT, None)
 
 
 def sketch_and_target(seed=0):
