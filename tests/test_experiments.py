@@ -113,3 +113,15 @@ def test_images_folder_expands_to_its_image_files(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert expand_images(str(tmp_path)) == f"{tmp_path / 'a.jpg'},{tmp_path / 'b.png'}"
     assert expand_images("skimage:chelsea,x.png") == "skimage:chelsea,x.png"
+
+
+def test_submitit_local_launcher_runs_a_sweep_job(tmp_path):
+    """The SLURM launcher's local twin: the same submitit code path, one job on this machine."""
+    sweep = tmp_path / "submitit"
+    res = cli("sketch", "experiment=abstraction", *SMALL, "steps=4", "logger=csv", "images=skimage:chelsea",
+              "seeds=[0]", "hydra.sweeper.params.strokes='4'", "hydra/launcher=submitit_local",
+              "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["strokes"] == 4 and summary["steps_run"] == 4
+    assert list(sweep.glob(".submitit/*/*_log.out"))  # it really went through submitit
