@@ -7,7 +7,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
 from clipasso_pl.clip import JointAugment
-from clipasso_pl.images import default_target_path, load_target
+from clipasso_pl.images import load_target, resolve_target
 
 
 def gens(*seeds):
@@ -16,7 +16,7 @@ def gens(*seeds):
 
 @pytest.fixture(scope="module")
 def photo():
-    return load_target(default_target_path(), size=224)  # [3, 224, 224]
+    return load_target(resolve_target(None), size=224)  # [3, 224, 224]
 
 
 def sketch_like(n, size=224, seed=0):

@@ -183,8 +183,3 @@ def resolve_target(target: str | Path | None, cache_dir: str | Path | None = Non
     if not path.exists():
         save_png(path, np.asarray(loader()))
     return path
-
-
-def default_target_path(cache_dir: str | Path | None = None) -> Path:
-    """scikit-image's bundled ``chelsea`` cat photo as a PNG file."""
-    return resolve_target(None, cache_dir)
