@@ -151,13 +151,19 @@ def test_mask_file_overrides_alpha(tmp_path, rgba_path):
     ImageDraw.Draw(box).rectangle((0, 0, 20, 20), fill=255)
     path = tmp_path / "box.png"
     box.save(path)
-    inputs = prepare_inputs(rgba_path, ["background", "foreground"], mask=path, max_size=96, dilation=1)
+    inputs = prepare_inputs(rgba_path, ["background", "foreground"], mask=path, max_size=96, dilation=1,
+                            square="pad")
     # Square 96 px: the photo sits 12 rows down; the 21 x 21 box is the object.
     assert inputs.mask.sum() == 21 * 21 and inputs.mask[12, 0] and not inputs.mask[40, 48]
+    # The official square (centre crop of the 96 x 72 photo to 72 x 72) crops the mask file the same way:
+    # columns 12..20 of the box remain, as columns 0..8.
+    official = prepare_inputs(rgba_path, ["background", "foreground"], mask=path, max_size=96, dilation=1)
+    assert official.mask.shape == (72, 72) and official.mask.sum() == 9 * 21
+    assert official.mask[0, 0] and official.mask[20, 8] and not official.mask[0, 9]
 
 
 def test_prepare_inputs_splits_foreground_and_background(rgba_path):
-    inputs = prepare_inputs(rgba_path, ["background", "foreground"], max_size=96)
+    inputs = prepare_inputs(rgba_path, ["background", "foreground"], max_size=96, square="pad", resize_obj=False)
     assert inputs.image.shape == (3, 96, 96)
     m = inputs.mask
     # Foreground: the disc on white; background: no red left where the disc was.
@@ -166,6 +172,9 @@ def test_prepare_inputs_splits_foreground_and_background(rgba_path):
     red = inputs.background[0, m] - inputs.background[1, m]
     assert red.mean() < 0.1, float(red.mean())
     assert inputs.target("foreground", 48).shape == (3, 48, 48)
+    # By default (official) the single, small object is enlarged to 70 % of the side.
+    resized = prepare_inputs(rgba_path, ["background", "foreground"], max_size=96, square="pad")
+    assert resized.placement.scale > 1.2 and resized.inpainting.startswith(("opencv", "lama"))
 
 
 def test_opaque_target_without_mask_fails_unless_background_only(tmp_path):
@@ -176,3 +185,62 @@ def test_opaque_target_without_mask_fails_unless_background_only(tmp_path):
     assert "\n" not in str(e.value) and "mask=" in str(e.value)
     inputs = prepare_inputs(path, ["background"], mask_model=None, max_size=64)
     assert inputs.mask is None and torch.equal(inputs.background, inputs.image)
+
+
+# ---- the official choices: square rule, object resize rule, LaMa backend
+def test_official_square_squashes_large_photos_and_centre_crops_small_ones():
+    big = Image.new("RGB", (600, 300), (255, 0, 0))
+    assert masking.square_image(big, 512, mode="official").size == (512, 512)
+    small = Image.new("RGB", (300, 200), (255, 0, 0))
+    ImageDraw.Draw(small).rectangle((0, 0, 49, 199), fill=(0, 0, 255))  # left 50 columns blue
+    sq = masking.square_image(small, 512, mode="official")
+    assert sq.size == (200, 200)
+    # The crop starts at column 50: the blue band is cut away, the centre is kept.
+    assert sq.getpixel((0, 100)) == (255, 0, 0) and sq.getpixel((199, 100)) == (255, 0, 0)
+    assert masking.square_image(small, 512, mode="pad").size == (300, 300)  # the switch keeps padding
+    with pytest.raises(ClipassoError, match="square"):
+        masking.square_image(small, 512, mode="stretch")
+
+
+def test_object_is_resized_only_when_single_and_small():
+    small = torch.zeros(100, 100, dtype=torch.bool)
+    small[40:60, 30:69] = True  # 39 px < 70 px
+    assert masking.should_resize_object(small, 0.7)
+    large = torch.zeros(100, 100, dtype=torch.bool)
+    large[10:90, 10:90] = True
+    assert not masking.should_resize_object(large, 0.7)
+    two = small.clone()
+    two[5:25, 5:25] = True  # a second object of comparable size (> 1/3 of the first)
+    assert not masking.should_resize_object(two, 0.7)
+    speck = small.clone()
+    speck[2:4, 2:4] = True  # a speck smaller than a third of the object is ignored
+    assert masking.should_resize_object(speck, 0.7)
+
+
+class _FillHalf(torch.nn.Module):
+    """A stand-in with big-lama's TorchScript interface: (image, mask) -> image, masked pixels 0.5."""
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return image * (1 - mask) + 0.5 * mask
+
+
+def test_background_inpainting_backends(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.delenv("LAMA_MODEL", raising=False)
+    img, disc = _scene_rgba(60)  # 60 is not a multiple of 8: the LaMa input is padded
+    rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
+    out, backend = masking.fill_background(rgb, disc, "auto")
+    assert backend == "opencv-telea"
+    with pytest.raises(ClipassoError) as e:
+        masking.fill_background(rgb, disc, "lama")
+    assert "\n" not in str(e.value) and "big-lama.pt" in str(e.value) and "lama_weights=" in str(e.value)
+    weights = tmp_path / "big-lama.pt"
+    torch.jit.script(_FillHalf()).save(str(weights))
+    out, backend = masking.fill_background(rgb, disc, "auto", lama_weights=weights)
+    assert backend == "lama" and out.shape == rgb.shape
+    assert torch.allclose(out[:, disc], torch.full_like(out[:, disc], 0.5))
+    assert torch.equal(out[:, ~disc], rgb[:, ~disc])
+    monkeypatch.setenv("LAMA_MODEL", str(weights))  # found without the setting too
+    assert masking.fill_background(rgb, disc, "lama")[1] == "lama"
+    with pytest.raises(ClipassoError, match="inpaint_method"):
+        masking.fill_background(rgb, disc, "magic")

@@ -11,6 +11,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -21,15 +22,15 @@ from clipasso_pl.errors import ClipassoError
 from clipasso_pl.scene.driver import run_scene
 from clipasso_pl.scene.losses import SceneClipLoss
 from clipasso_pl.scene.matrix import parse_cells
-from clipasso_pl.scene.module import SceneRecord, select_lowest, select_zscore
+from clipasso_pl.scene.module import SceneRecord, select_lowest
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 PARTS = ("background", "foreground")
 
 
-def cli(*args, timeout=600):
+def cli(*args, timeout=600, env=None):
     return subprocess.run([sys.executable, "-m", "clipasso_pl.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
+                          env={**ENV, **(env or {})}, timeout=timeout)
 
 
 def make_scene(path: Path, opaque: bool = False) -> Path:
@@ -58,26 +59,17 @@ def scene_png(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def smoke_matrix(tmp_path_factory, scene_png):
     out = tmp_path_factory.mktemp("matrix") / "run"
-    res = cli("scene", f"target={scene_png}", "preset=smoke", f"hydra.run.dir={out}")
+    res = cli("scene", f"target={scene_png}", "preset=smoke", f"hydra.run.dir={out}",
+              env={"TORCH_HOME": str(out.parent / "torch_home"), "LAMA_MODEL": ""})
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res
 
 
 # ----------------------------------------------------------------------------- units
-def record(step, clip, ratio):
-    return SceneRecord(step, {"clip": torch.tensor(clip), "ratio": torch.tensor(ratio),
-                              "loss": torch.tensor(clip) + torch.tensor(ratio)},
-                       torch.zeros(len(clip), 1, 4, 2), torch.ones(len(clip), 1))
-
-
-def test_best_step_by_summed_z_scores():
-    # The ratio term is 1000x smaller than the CLIP term: summing raw losses would ignore it,
-    # z-scores weigh both. Step 20 of seed 1 is best on ratio and second-best on clip.
-    recs = [record(10, [1.00, 1.02], [0.0009, 0.0005]),
-            record(20, [1.01, 1.00], [0.0008, 0.0001]),
-            record(30, [0.99, 1.03], [0.0010, 0.0009])]
-    assert select_zscore(recs) == (1, 1)
-    assert select_lowest(recs, "loss") == (0, 2)
+def test_fidelity_best_step_is_the_lowest_eval_loss():
+    recs = [SceneRecord(step, {"loss": torch.tensor(v)}, torch.zeros(2, 1, 4, 2), torch.ones(2, 1))
+            for step, v in [(400, [1.0, 0.9]), (450, [0.8, 0.95]), (500, [0.85, 0.7])]]
+    assert select_lowest(recs) == (1, 2)
 
 
 def test_scene_clip_loss_weights_and_errors():
@@ -92,13 +84,16 @@ def test_scene_clip_loss_weights_and_errors():
     with torch.no_grad():
         fa, fb = feats(a), feats(b)
     obj = SceneClipLoss(names, layer=1, anchor_layer=0, anchor_weight=0.5)
-    t = obj(fa, fb, 2, balance=3.0)
+    t = obj(fa, fb, 2)
     l0 = (fa["block0"] - fb["block0"]).pow(2).flatten(1).mean(1)
     l1 = (fa["block1"] - fb["block1"]).pow(2).flatten(1).mean(1)
-    assert torch.allclose(t["clip"], 0.5 * l0 + 3.0 * l1, rtol=1e-5)
+    assert set(t) == {"conv/block0", "conv/block1"}  # unweighted: the module weights them
+    assert torch.allclose(t["conv/block0"], l0, rtol=1e-5) and torch.allclose(t["conv/block1"], l1, rtol=1e-5)
+    assert obj.coefficients == {"conv/block1": 1.0, "conv/block0": 0.5}
     assert obj.balanced and not SceneClipLoss(names, layer=0, anchor_layer=0).balanced
     background = SceneClipLoss(names, layer=1)
-    assert torch.allclose(background(fa, fb, 2)["clip"], l1, rtol=1e-5)
+    assert background.coefficients == {"conv/block1": 1.0}
+    assert torch.allclose(background(fa, fb, 2)["conv/block1"], l1, rtol=1e-5)
 
 
 def test_parse_cells():
@@ -138,17 +133,46 @@ def test_smoke_matrix_writes_every_file(smoke_matrix):
             assert (out / f"layer{layer}" / "fidelity" / f"{part}.svg").is_file()
 
 
-def test_stroke_counts_do_not_grow_along_simplicity(smoke_matrix):
+def test_levels_follow_the_official_objective(smoke_matrix):
     out, _ = smoke_matrix
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["inpainting"] == "opencv-telea"  # no LaMa weights on disk in the test environment
     fidelity = {row["layer"]: row["strokes_kept"] for row in summary["fidelity"]}
     for layer in (0, 1):
         cells = sorted((c for c in summary["cells"] if c["layer"] == layer), key=lambda c: c["level"])
         for part in PARTS:
-            counts = [fidelity[layer][part]] + [c["strokes_kept"][part] for c in cells]
-            assert counts[0] == 16 and all(b <= a for a, b in zip(counts, counts[1:])), (layer, part, counts)
+            assert fidelity[layer][part] == 16
+            # Not nested (official): a level keeps any subset; counts only bound by the stroke budget.
+            assert all(0 <= c["strokes_kept"][part] <= 16 for c in cells)
+            # r_1 = 1 / (the row's unweighted CLIP sum: block l, + block 0 (the anchor) for objects).
+            done = json.loads((out / f"layer{layer}" / "fidelity" / part / "done.json").read_text())
+            blocks = {f"conv/block{layer}"} | ({"conv/block0"} if part == "foreground" else set())
+            assert set(k for k in done["terms"] if k.startswith("conv/")) == blocks
+            r1 = 1.0 / sum(done["terms"][k] for k in blocks)
+            assert cells[0]["ratio"][part] == pytest.approx(r1, rel=1e-6)
         ratios = [c["ratio"]["background"] for c in cells]
         assert ratios[1] < ratios[0]
+        level = json.loads((out / f"layer{layer}" / "level1" / "foreground" / "done.json").read_text())
+        # Simplicity terms: gradnorm weights of the three terms sum to 1; the written strokes are
+        # those whose sampled keep-probability exceeds 0.7.
+        weights = [v for k, v in level["terms"].items() if k.startswith("weight/")]
+        assert len(weights) == (3 if layer != 0 else 2)  # block 0 is also the smoke preset's anchor
+        assert sum(weights) == pytest.approx(1.0, abs=1e-5)
+        assert level["strokes_kept"] == level["terms"]["kept"]
+
+
+def test_optimiser_state_carries_over_between_levels(smoke_matrix):
+    out, _ = smoke_matrix
+    # Smoke: 2 steps per level, evaluated at step 1; the chosen state is the one after its update.
+    # Level 0 starts fresh Adam states (2 updates), level 1 continues them (4).
+    for part in PARTS:
+        steps = []
+        for level in (0, 1):
+            state = torch.load(out / "layer1" / f"level{level}" / part / "state.pt", weights_only=True)
+            counters = {float(s["step"]) for s in state["optimizer"]}
+            assert len(counters) == 1, counters
+            steps.append(counters.pop())
+        assert steps == [2.0, 4.0], (part, steps)
 
 
 def test_matrix_picture_is_a_labelled_grid(smoke_matrix):
@@ -191,39 +215,151 @@ def test_default_config_resolves_and_reproduces_the_paper():
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves (no sketch-only keys)
     assert cfg.clip.model == "ViT-B-32-quickgelu" and cfg.strokes == 64 and list(cfg.layers) == [2, 8, 11]
     assert (cfg.fidelity.background_steps, cfg.fidelity.foreground_steps, cfg.fidelity.foreground_steps_deep) == (1501, 600, 1000)
-    assert (cfg.simplicity.steps, cfg.simplicity.temperature, cfg.levels, cfg.lr) == (401, 0.2, 8, 1e-4)
+    assert (cfg.simplicity.steps, cfg.simplicity.temperature, cfg.levels, cfg.lr, cfg.width_lr) == (401, 0.2, 8, 1e-4, 5e-5)
+    assert (cfg.simplicity.eval_start, cfg.simplicity.eval_interval, cfg.simplicity.keep_threshold) == (100, 100, 0.7)
+    assert not cfg.simplicity.nested and cfg.gradnorm and cfg.resize_obj and cfg.square == "official"
+    assert (cfg.inpaint_method, cfg.combined_size, cfg.combined_width_scale) == ("auto", 448, 1.8)
     assert (cfg.fidelity.eval_start, cfg.fidelity.eval_interval, list(cfg.seeds)) == (400, 50, [0, 1000])
     smoke = compose("scene", ["preset=smoke"])
     assert smoke.clip.model == "tiny-vit" and smoke.clip.pretrained is None and smoke.init.model == "tiny-vit"
 
 
-def test_module_trains_only_the_mlps_and_balances_the_object_terms():
+def _fit(module, steps):
+    import pytorch_lightning as pl
+
+    from clipasso_pl.module import step_loader
+
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, train_dataloaders=step_loader(steps))
+    return trainer
+
+
+def _tiny_module(feats, **kwargs):
     from clipasso_pl.clip import JointAugment
     from clipasso_pl.render import TorchRenderer
-    from clipasso_pl.scene.losses import grad_norm
     from clipasso_pl.scene.module import SceneSketchModule
 
-    feats = ClipFeatures("tiny-vit", None)
     g = torch.Generator().manual_seed(0)
     target = torch.rand(3, 64, 64, generator=g)
     initial = 8 + 48 * torch.rand(2, 6, 4, 2, generator=g)
     loss = SceneClipLoss(feats.layer_names, layer=1, anchor_layer=0, anchor_weight=0.5)
-    module = SceneSketchModule(target, feats, loss, JointAugment(num_augs=1, size=64), TorchRenderer(), initial,
-                               seeds=[0, 1000], hidden=32, simplify=True, ratio=1.0)
+    return SceneSketchModule(target, feats, loss, JointAugment(num_augs=1, size=64), TorchRenderer(), initial,
+                             seeds=[0, 1000], hidden=32, **kwargs), initial
+
+
+def test_module_trains_the_mlps_with_gradnorm_weights_each_step():
+    from clipasso_pl.scene.losses import gradnorm_weights
+
+    feats = ClipFeatures("tiny-vit", None)
+    module, initial = _tiny_module(feats, simplify=True, ratio=1.0, eval_start=1, eval_interval=1)
     trainable = {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad}
     assert trainable == {"locations", "widths"}
-    # Points are the location MLP's output: x + 0.1 * delta, in pixels, near the initialisation.
-    assert module.points.shape == (2, 6, 4, 2) and (module.points - initial).abs().max() < 0.1 * 64 * 2
-    keep = module.keep(noise=True)
-    assert keep.shape == (2, 6) and bool(((keep >= 0) & (keep <= 1)).all())
-    sketch = module.render(module.current_points(), keep)
-    sf = feats(sketch)
+    # Points are the location MLP's output: 0.5 (x + 0.1 MLP(x) + 1) W, near the initialisation.
+    assert module.points.shape == (2, 6, 4, 2) and (module.points - initial).abs().max() < 0.05 * 64 * 3
+    optimizer = module.configure_optimizers()
+    assert [grp["lr"] for grp in optimizer.param_groups] == [1e-4, 5e-5]  # location, width (official)
+    _fit(module, 3)
+    # Every step re-measures the weights per seed on the width MLP; eval reuses the last ones.
+    assert set(module.weights) == {"conv/block1", "conv/block0", "sparsity"}
+    total = sum(module.weights.values())
+    assert total.shape == (2,) and torch.allclose(total, torch.ones(2), atol=1e-6)
+    assert not torch.allclose(module.weights["sparsity"][0], module.weights["sparsity"][1])
+    assert [r.step for r in module.records] == [1, 2]
+    last = module.records[-1]
+    assert torch.allclose(last.terms["weight/sparsity"], module.weights["sparsity"].cpu())
+    # The record holds the step's *sampled* keep-probabilities; kept = those above 0.7.
+    assert torch.equal(last.terms["kept"], (last.keep > 0.7).sum(-1).float())
+    noiseless = module.keep(noise=False).detach().cpu()
+    assert not torch.allclose(last.keep, noiseless, atol=1e-3)
+    # A direct recomputation of the weights agrees with the formula's implementation.
+    points, keep = module.current_points(), module.keep(noise=True)
+    sf = feats(module.render(points, keep))
     with torch.no_grad():
-        tf = feats(module.target)
-    module._measure_balance(sf, tf)
-    b = float(module.balance)
-    params = [p for p in module.parameters() if p.requires_grad]
-    raw = loss(sf, tf, 2, 1.0)
-    anchor = grad_norm(raw["conv/block0"].sum(), params)
-    layer = grad_norm((b * raw["conv/block1"]).sum(), params)
-    assert b > 0 and float(layer) == pytest.approx(float(anchor), rel=1e-4)
+        tf = {k: v.expand(2, *v.shape[1:]) for k, v in feats(module.target).items()}
+    raw = module.raw_terms(sf, tf, points, keep)
+    w = gradnorm_weights(raw, [module.seed_parameters(i, "width") for i in range(2)])
+    assert all(float(v.min()) > 0 for v in w.values())
+
+
+def test_keep_rule_threshold_and_reappearing_strokes():
+    feats = ClipFeatures("tiny-vit", None)
+    module, _ = _tiny_module(feats, simplify=True)
+    keep = torch.tensor([0.69, 0.70, 0.71, 0.95, 0.2, 1.0])
+    assert module.keep_vector(keep).tolist() == [False, False, True, True, False, True]
+    # Not nested (the default): a stroke dropped by the previous level is free to come back.
+    assert bool(module.keep_mask.all())
+    nested, _ = _tiny_module(feats, simplify=True, keep_mask=torch.tensor([1, 0, 1, 1, 1, 1]))
+    assert float(nested.keep(noise=True).detach()[:, 1].abs().max()) == 0.0
+    assert nested.keep_vector(torch.ones(6)).tolist() == [True, False, True, True, True, True]
+
+
+def test_object_fidelity_weights_its_two_blocks_by_gradnorm_per_seed():
+    feats = ClipFeatures("tiny-vit", None)
+    module, _ = _tiny_module(feats, eval_start=0, eval_interval=1)
+    _fit(module, 2)
+    assert set(module.weights) == {"conv/block1", "conv/block0"}
+    assert torch.allclose(sum(module.weights.values()), torch.ones(2), atol=1e-6)
+    rec = module.records[-1]
+    expected = 1.0 * rec.terms["weight/conv/block1"] * rec.terms["conv/block1"] + \
+        0.5 * rec.terms["weight/conv/block0"] * rec.terms["conv/block0"]
+    assert torch.allclose(rec.terms["loss"], expected, rtol=1e-5)
+    assert torch.allclose(rec.terms["clip"], rec.terms["conv/block1"] + rec.terms["conv/block0"], rtol=1e-6)
+    off, _ = _tiny_module(feats, gradnorm=False, eval_start=0, eval_interval=1)
+    _fit(off, 1)
+    r = off.records[-1]
+    assert torch.allclose(r.terms["loss"], r.terms["conv/block1"] + 0.5 * r.terms["conv/block0"], rtol=1e-6)
+
+
+def test_adam_step_counter_keeps_growing_when_a_level_loads_the_previous_state():
+    feats = ClipFeatures("tiny-vit", None)
+    first, initial = _tiny_module(feats, simplify=True, eval_start=2, eval_interval=1)
+    _fit(first, 3)
+    seed, record, states = first.best()
+    assert {float(s["step"]) for s in states["optimizer"]} == {3.0}  # saved after the step-2 update
+    second, _ = _tiny_module(feats, simplify=True, eval_start=1, eval_interval=1, location_states=states["location"],
+                             width_states=states["width"], optimizer_state=states["optimizer"])
+    trainer = _fit(second, 2)
+    adam = trainer.optimizers[0]
+    assert {float(adam.state[p]["step"]) for p in second.parameters() if p.requires_grad} == {5.0}
+
+
+def test_composite_erases_background_inside_the_object_and_scales_widths(tmp_path, scene_png):
+    from clipasso_pl.scene.driver import SceneRunner, Stage
+    from clipasso_pl.scene.inputs import prepare_inputs
+
+    cfg = compose("scene", ["preset=smoke", f"target={scene_png}"])
+    inputs = prepare_inputs(scene_png, ["background", "foreground"], max_size=128)
+    runner = SceneRunner(cfg, tmp_path, inputs, "fp")
+    # One horizontal background stroke through the object (mask rows ~ 50..110 of 128 px).
+    y = 85.0
+    line = torch.tensor([[[4.0, y], [40.0, y], [88.0, y], [124.0, y]]])
+    back = Stage(tmp_path, {}, line, torch.tensor([1.5]), torch.tensor([True]))
+    fore = Stage(tmp_path, {}, line, torch.tensor([1.5]), torch.tensor([False]))  # no object stroke kept
+    count = runner.combine({"background": back, "foreground": fore}, tmp_path / "cell")
+    assert count == 1
+    img = torch.from_numpy(np.array(Image.open(tmp_path / "cell" / "combined.png").convert("L")))
+    row = img[int(2 * y)].float() / 255  # combined_size 256 = 2 x canvas
+    mask = inputs.mask[int(y) * inputs.side // 128]
+    cols = torch.arange(256) * inputs.side // 256
+    inside = mask[cols]
+    assert float(row[inside].min()) == 1.0  # erased inside the object
+    assert float(row[~inside][10:].min()) < 0.2  # drawn outside it
+    svg = ET.parse(tmp_path / "cell" / "combined.svg").getroot()
+    widths = [float(el.get("stroke-width")) for el in svg.iter() if el.tag.endswith("path")]
+    assert widths == [pytest.approx(2 * 1.5 * 1.8)]  # SVG stroke-width = 2 x half-width, x 1.8
+
+
+def test_matrix_title_wraps_inside_the_picture():
+    from clipasso_pl.scene.matrix import _font, matrix_picture, wrap_text
+
+    title = "a_rather_long_scene_file_name.png: rows = fidelity (ViT block), columns = simplicity"
+    pic = matrix_picture({}, ["layer 0"], ["level 0", "level 1"], {}, tile=128, title=title)
+    fs = max(11, 128 // 14)
+    lines = wrap_text(title, _font(fs), pic.width - 12)
+    assert len(lines) > 1 and " ".join(lines) == title
+    draw = ImageDraw.Draw(pic)
+    assert all(draw.textlength(line, font=_font(fs)) <= pic.width - 12 for line in lines)
+    # No ink in the last 3 px columns: nothing runs off the right edge.
+    grey = np.asarray(pic.convert("L"))
+    assert grey[:, -3:].min() == 255

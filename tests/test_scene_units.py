@@ -137,3 +137,89 @@ def test_sparsity_counts_only_strokes_inside_the_canvas():
     assert float(r.detach()) == pytest.approx(0.0625)
     r.sum().backward()
     assert keep.grad[0, 2] == 0 and keep.grad[0, 0] != 0
+
+
+# ------------------------------------------------------------ official formulas, hand-computed
+def test_location_mapping_moves_a_point_by_five_hundredths_of_the_side_per_unit():
+    # Inputs in [-1, 1] (2p/W - 1), output 0.5 (y + 1) W with y = x + 0.1 MLP(x):
+    # an MLP output of exactly 1.0 moves every coordinate by 0.5 * 0.1 * W = 0.05 W.
+    from clipasso_pl.scene.mlp import from_unit, to_unit
+
+    W = 224.0
+    p = torch.tensor([[10.0, 200.0], [112.0, 0.0]])
+    x = to_unit(p, W)
+    assert torch.allclose(x, torch.tensor([[10 / 112 - 1, 200 / 112 - 1], [0.0, -1.0]]))
+    mlp = LocationMLP(num_strokes=1, hidden=4)
+    with torch.no_grad():
+        mlp.net[-1].weight.zero_()
+        mlp.net[-1].bias.fill_(1.0)
+    flat = torch.rand(8) * W  # one stroke: 4 points x (x, y)
+    shift = from_unit(mlp(to_unit(flat, W)), W) - flat
+    assert torch.allclose(shift, torch.full((8,), 0.05 * W), atol=1e-4)  # 11.2 px on a 224 canvas
+
+
+def test_width_mlp_official_init_and_its_initial_keep_probabilities():
+    mlp = seeded(lambda: WidthMLP(64, 1000), 0)
+    linears = [m for m in mlp.net if isinstance(m, torch.nn.Linear)]
+    for m in linears:
+        bound = math.sqrt(6.0 / (m.in_features + m.out_features))  # Xavier-uniform
+        assert torch.all(m.bias.detach() == 0.01) and float(m.weight.detach().abs().max()) <= bound
+        assert float(m.weight.abs().max()) > 0.95 * bound
+    with torch.no_grad():
+        q = mlp(torch.full((64,), 1.5))  # the official input: ones x 1.5
+    # Seed 0: pinned; torch's default init gives a much narrower spread (0.500 +- 0.086).
+    assert float(q.mean()) == pytest.approx(0.47110, abs=1e-4)
+    assert float(q.std()) == pytest.approx(0.16047, abs=1e-4)
+    default = seeded(lambda: WidthMLP(64, 1000, init=False), 0)
+    with torch.no_grad():
+        assert float(default(torch.full((64,), 1.5)).std()) == pytest.approx(0.08575, abs=1e-4)
+
+
+def _linear_losses(coeffs, params):
+    """Loss i = sum over params of coeffs[i] * p: |dL_i/dp| = coeffs[i] on every element."""
+    return sum(coeffs * p.sum() for p in params)
+
+
+def test_gradnorm_weights_on_synthetic_losses_with_known_gradients():
+    # Seed 0: mean |grad| of the three losses = 2, 6, 4 -> G = 12, n = 3:
+    # w = (G - g) / ((n - 1) G) = 10/24, 6/24, 8/24.  Seed 1: g = 1, 1, 2 -> G = 4: 3/8, 3/8, 2/8.
+    seed0 = [torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    seed1 = [torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    losses = {
+        "a": torch.stack([_linear_losses(2.0, seed0), _linear_losses(1.0, seed1)]),
+        "b": torch.stack([_linear_losses(-6.0, seed0), _linear_losses(1.0, seed1)]),
+        "c": torch.stack([_linear_losses(4.0, seed0), _linear_losses(2.0, seed1)]),
+    }
+    w = scene_losses.gradnorm_weights(losses, [seed0, seed1])
+    assert torch.allclose(w["a"], torch.tensor([10 / 24, 3 / 8]))
+    assert torch.allclose(w["b"], torch.tensor([6 / 24, 3 / 8]))
+    assert torch.allclose(w["c"], torch.tensor([8 / 24, 2 / 8]))
+    # Two losses: g = 1 and 3 -> weights 3/4 and 1/4 (the harder pull gets the smaller weight).
+    p = [torch.zeros(4, requires_grad=True)]
+    two = scene_losses.gradnorm_weights({"x": (1.0 * p[0].sum())[None], "y": (3.0 * p[0].sum())[None]}, [p])
+    assert float(two["x"]) == pytest.approx(0.75) and float(two["y"]) == pytest.approx(0.25)
+    # A parameter a loss does not reach is left out of that loss's mean (official: grad is None).
+    q = [torch.zeros(2, requires_grad=True), torch.zeros(6, requires_grad=True)]
+    g = scene_losses.mean_abs_grad((5.0 * q[0].sum()), [q])
+    assert float(g[0]) == pytest.approx(5.0)
+
+
+def test_zscore_selection_per_seed_on_a_made_up_eval_table():
+    from clipasso_pl.scene.module import SceneRecord, select_zscore, zscore_table
+
+    steps = [100, 200, 300, 400]
+    block = [[4.0, 1.0], [3.0, 2.0], [2.0, 3.0], [3.0, 4.0]]  # [eval, seed]
+    sparsity = [[1.0, 4.0], [1.0, 4.0], [2.0, 4.0], [0.0, 1.0]]
+    records = [SceneRecord(s, {"conv/block2": torch.tensor(b), "sparsity": torch.tensor(sp)},
+                           torch.zeros(2, 1, 4, 2), torch.ones(2, 1)) for s, b, sp in zip(steps, block, sparsity)]
+    table = zscore_table(records, ["conv/block2", "sparsity"])
+    r2 = math.sqrt(2)
+    # Seed 0: block z = (+r2, 0, -r2, 0), sparsity z = (0, 0, +r2, -r2) -> sums (r2, 0, 0, -r2).
+    assert torch.allclose(table[:, 0], torch.tensor([r2, 0, 0, -r2], dtype=torch.float64), atol=1e-9)
+    # Seed 1: block z = (-3, -1, 1, 3)/sqrt(5); sparsity z = (1, 1, 1, -3)/sqrt(3).
+    expect1 = [-3 / math.sqrt(5) + 1 / math.sqrt(3), -1 / math.sqrt(5) + 1 / math.sqrt(3),
+               1 / math.sqrt(5) + 1 / math.sqrt(3), 3 / math.sqrt(5) - 3 / math.sqrt(3)]
+    assert torch.allclose(table[:, 1], torch.tensor(expect1, dtype=torch.float64), atol=1e-9)
+    # Seed 0's best (-1.414 at step 400) beats seed 1's best (-0.764 at step 100).
+    seed, index = select_zscore(records, ["conv/block2", "sparsity"])
+    assert (seed, records[index].step) == (0, 400)

@@ -30,22 +30,39 @@ from .images import open_image_rgba, pad_to_square, pil_to_tensor, to_uint8
 MASK_HINT = "pass mask=<mask image>, a target PNG with an alpha channel, or parts=[background] for no object"
 
 
+SQUARE_MODES = ("official", "pad", "squash")
+
+
 def square_image(img: Image.Image, max_size: int = 512, fix_scale: bool = True,
-                 resample: Image.Resampling = Image.Resampling.BICUBIC, fill=None) -> Image.Image:
+                 resample: Image.Resampling = Image.Resampling.BICUBIC, fill=None,
+                 mode: str | None = None) -> Image.Image:
     """A square copy of ``img`` no larger than ``max_size`` px per side.
 
-    fix_scale=True pads the shorter side with ``fill`` (default white; for a grey/mask
-    image 0); False squashes. RGBA is resized channel-wise, not premultiplied, so the
-    photo under a transparent object mask keeps its colours; its padding is transparent
-    only when the image has transparency (an opaque photo stays opaque).
+    mode (default: ``pad`` when fix_scale else ``squash``):
+    ``pad`` pads the shorter side with ``fill`` (default white; for a grey/mask image 0);
+    ``squash`` resizes to a square; ``official`` does what the CLIPascene code does: a photo
+    larger than ``max_size`` is squashed to ``max_size`` x ``max_size``, a smaller one is
+    centre-cropped to its shorter side (its sketch canvas is a resize + centre crop).
+    RGBA is resized channel-wise, not premultiplied, so the photo under a transparent object
+    mask keeps its colours; its padding is transparent only when the image has transparency
+    (an opaque photo stays opaque).
     """
+    mode = mode or ("pad" if fix_scale else "squash")
+    if mode not in SQUARE_MODES:
+        raise ClipassoError(f"square={mode!r} unknown: use one of {', '.join(SQUARE_MODES)}")
     if img.mode == "RGBA":
         alpha = img.getchannel("A")
         alpha_fill = 0 if np.asarray(alpha).min() < 255 else 255
-        rgb = square_image(img.convert("RGB"), max_size, fix_scale, resample)
-        alpha = square_image(alpha, max_size, fix_scale, resample, fill=alpha_fill)
+        rgb = square_image(img.convert("RGB"), max_size, fix_scale, resample, mode=mode)
+        alpha = square_image(alpha, max_size, fix_scale, resample, fill=alpha_fill, mode=mode)
         return Image.merge("RGBA", (*rgb.split(), alpha))
-    if fix_scale:
+    if mode == "official":
+        if max(img.size) > max_size:
+            return img.resize((max_size, max_size), resample)
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        return img.crop((left, top, left + side, top + side))
+    if mode == "pad":
         if fill is None:
             fill = 0 if img.mode == "L" else (255, 255, 255)
         img = pad_to_square(img, fill)
@@ -63,11 +80,13 @@ def alpha_mask(img: Image.Image) -> Tensor | None:
     return torch.from_numpy(alpha > 127)
 
 
-def mask_from_file(path: str | Path, size: int, fix_scale: bool = True, image_size: tuple[int, int] | None = None) -> Tensor:
-    """A mask image -> bool [size, size] placed as the target is (same padding, same resize).
+def mask_from_file(path: str | Path, size: int, fix_scale: bool = True, image_size: tuple[int, int] | None = None,
+                   mode: str | None = None, max_size: int | None = None) -> Tensor:
+    """A mask image -> bool [size, size] placed as the target is (same padding/crop, same resize).
 
     image_size: the target's (width, height); a mask of another size is refused, since it
-    would not line up with the photo.
+    would not line up with the photo. mode / max_size: as :func:`square_image` made the
+    target (max_size defaults to ``size``).
     """
     img = open_image_rgba(path, what="mask")
     if image_size is not None and img.size != tuple(image_size):
@@ -75,7 +94,9 @@ def mask_from_file(path: str | Path, size: int, fix_scale: bool = True, image_si
                             f"{image_size[0]}x{image_size[1]}: give a mask of the target's size")
     alpha = alpha_mask(img)
     grey = img.convert("L") if alpha is None else img.getchannel("A")
-    grey = square_image(grey, size, fix_scale, Image.Resampling.BILINEAR)
+    grey = square_image(grey, max_size or size, fix_scale, Image.Resampling.BILINEAR, mode=mode)
+    if grey.size != (size, size):
+        grey = grey.resize((size, size), Image.Resampling.BILINEAR)
     mask = torch.from_numpy(np.asarray(grey) > 127)
     if not mask.any():
         raise ClipassoError(f"mask {path} marks no object pixel (all dark/transparent): white or opaque marks the object")
@@ -101,7 +122,7 @@ def removal_model_mask(img: Image.Image, model: str = "u2net") -> Tensor | None:
 
 def object_mask(img: Image.Image, mask_path: str | Path | None = None, fix_scale: bool = True,
                 original_size: tuple[int, int] | None = None, model: str | None = "u2net",
-                what: str = "target") -> Tensor:
+                what: str = "target", mode: str | None = None, max_size: int | None = None) -> Tensor:
     """The object mask [H, W] (bool) of the square RGBA working image ``img``.
 
     original_size: the target file's (width, height), to check a mask file against it.
@@ -109,7 +130,7 @@ def object_mask(img: Image.Image, mask_path: str | Path | None = None, fix_scale
     """
     side = img.width
     if mask_path:
-        mask = mask_from_file(mask_path, side, fix_scale, original_size)
+        mask = mask_from_file(mask_path, side, fix_scale, original_size, mode=mode, max_size=max_size)
         source = f"mask {mask_path}"
     else:
         mask = alpha_mask(img)
@@ -150,6 +171,83 @@ def inpaint(image: Tensor, mask: Tensor, radius: int = 3, method: str = "telea")
     hole = np.ascontiguousarray(mask.cpu().numpy().astype(np.uint8) * 255)
     filled = cv2.inpaint(src, hole, float(radius), flags[method])
     return torch.from_numpy(filled).permute(2, 0, 1).float() / 255.0
+
+
+INPAINT_METHODS = ("auto", "lama", "telea", "ns")
+LAMA_FILE = "big-lama.pt"
+
+
+def lama_weights_path(path: str | Path | None = None) -> Path | None:
+    """Where the big-lama TorchScript file is, when it is on disk; None otherwise.
+
+    Looked up in order: ``path`` (the ``lama_weights`` setting), ``$LAMA_MODEL``, and
+    ``<torch hub dir>/checkpoints/big-lama.pt`` (where simple-lama-inpainting keeps it).
+    Nothing is downloaded.
+    """
+    candidates = [path, os.environ.get("LAMA_MODEL")]
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / LAMA_FILE)
+    for c in candidates:
+        if c and Path(c).expanduser().is_file():
+            return Path(c).expanduser()
+    return None
+
+
+def inpaint_lama(image: Tensor, mask: Tensor, weights: str | Path) -> Tensor:
+    """Fill the masked region of ``image`` [3, H, W] with LaMa (big-lama, TorchScript export).
+
+    The model takes (image [1, 3, H', W'] in [0, 1], mask [1, 1, H', W'] in {0, 1}) with
+    sides padded to a multiple of 8 and returns the inpainted image; only the masked pixels
+    are taken from it.
+    """
+    model = torch.jit.load(str(weights), map_location="cpu").eval()
+    H, W = image.shape[-2:]
+    ph, pw = (-H) % 8, (-W) % 8
+    img = F.pad(image[None].float(), (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate")
+    m = F.pad(mask[None, None].float(), (0, pw, 0, ph))
+    with torch.no_grad():
+        out = model(img, m)[0, :, :H, :W].float().clamp(0, 1)
+    hole = mask.to(image.dtype)[None]
+    return image * (1 - hole) + out * hole
+
+
+def fill_background(image: Tensor, mask: Tensor, method: str = "auto", radius: int = 3,
+                    lama_weights: str | Path | None = None) -> tuple[Tensor, str]:
+    """The background image: ``image`` [3, H, W] with ``mask`` [H, W] inpainted; returns (image, backend).
+
+    method: ``auto`` (the official LaMa when its weights are on disk, else OpenCV Telea),
+    ``lama`` (refuses to run without the weights, saying where to put them), ``telea`` or
+    ``ns`` (OpenCV). backend: ``lama`` / ``opencv-telea`` / ``opencv-ns``.
+    """
+    if method not in INPAINT_METHODS:
+        raise ClipassoError(f"inpaint_method={method!r} unknown: use one of {', '.join(INPAINT_METHODS)}")
+    if method in ("auto", "lama"):
+        weights = lama_weights_path(lama_weights)
+        if weights is not None:
+            return inpaint_lama(image, mask, weights), "lama"
+        if method == "lama":
+            raise ClipassoError(f"inpaint_method=lama needs the big-lama TorchScript file ({LAMA_FILE}) on disk: pass "
+                                f"lama_weights=<file>, set $LAMA_MODEL, or put it in "
+                                f"{Path(torch.hub.get_dir()) / 'checkpoints'}; or use inpaint_method=telea")
+        method = "telea"
+    return inpaint(image, mask, radius, method), f"opencv-{method}"
+
+
+def should_resize_object(mask: Tensor, fraction: float = 0.7) -> bool:
+    """The official condition for rescaling an object: one object (components smaller than a
+    third of the largest ignored) whose bounding box's longer side is below ``fraction`` of
+    the canvas side. Larger or several objects stay as they are."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask.cpu().numpy())
+    if count == 0:
+        return False
+    sizes = np.bincount(labels.ravel())[1:]
+    big = np.flatnonzero(sizes >= sizes.max() / 3) + 1
+    if len(big) != 1:
+        return False
+    ys, xs = np.nonzero(labels == big[0])
+    longest = max(ys.max() - ys.min(), xs.max() - xs.min())
+    return bool(longest < fraction * min(mask.shape))
 
 
 def on_white(image: Tensor, mask: Tensor) -> Tensor:

@@ -56,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
         if int(OmegaConf.select(cfg, key)) < 1:
             raise ClipassoError(f"{key}={OmegaConf.select(cfg, key)}: run at least 1 step")
     if not 0 < float(cfg.simplicity.keep_threshold) < 1:
-        raise ClipassoError(f"simplicity.keep_threshold={cfg.simplicity.keep_threshold} must be in (0, 1), e.g. 0.5")
+        raise ClipassoError(f"simplicity.keep_threshold={cfg.simplicity.keep_threshold} must be in (0, 1), e.g. 0.7")
     if float(cfg.simplicity.temperature) <= 0:
         raise ClipassoError(f"simplicity.temperature={cfg.simplicity.temperature} must be positive, e.g. 0.2")
 
@@ -122,6 +122,12 @@ def load_stage(folder: Path, fp: str) -> Stage | None:
     return Stage(folder, meta, sketch["points"], sketch["half_widths"], sketch["kept"])
 
 
+def object_mask_at(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """The object mask [H, W] bool resized (nearest) to [size, size]."""
+    resized = torch.nn.functional.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")
+    return resized[0, 0] > 0.5
+
+
 def save_torch(path: Path, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -158,8 +164,8 @@ class SceneRunner:
         return SceneSketchModule(
             target=self.inputs.target(part, self.canvas), clip=self.clip, loss=self.loss(part, layer),
             augment=instantiate(cfg.augment), renderer=self.renderer, initial_points=initial_points,
-            seeds=list(cfg.seeds), half_width=float(cfg.half_width), lr=float(cfg.lr), hidden=int(cfg.hidden),
-            offset_scale=float(cfg.offset_scale), **kwargs)
+            seeds=list(cfg.seeds), half_width=float(cfg.half_width), lr=float(cfg.lr), width_lr=float(cfg.width_lr),
+            hidden=int(cfg.hidden), offset_scale=float(cfg.offset_scale), gradnorm=bool(cfg.gradnorm), **kwargs)
 
     def fit(self, module: SceneSketchModule, folder: Path, steps: int, callbacks: list) -> float:
         from ..api import build_logger
@@ -183,7 +189,7 @@ class SceneRunner:
         self.write_sketch(stem, points[kept], half_widths[kept], self.canvas)
         save_torch(folder / "state.pt", {
             "initial_points": initial_points, "location": states["location"], "width": states["width"],
-            "keep_mask": kept, "balance": float(module.balance),
+            "optimizer": states["optimizer"], "keep_mask": kept,
         })
         save_torch(folder / "sketch.pt", {"points": points, "half_widths": half_widths, "kept": kept})
         terms = {k: float(v[seed_index]) for k, v in record.terms.items()}
@@ -192,7 +198,7 @@ class SceneRunner:
             "strokes_kept": int(kept.sum()), "strokes": int(kept.numel()),
             "best_seed": module.seeds[seed_index], "best_step": record.step, "steps": steps,
             "seconds": seconds, "seconds_per_step": seconds / max(steps, 1),
-            "balance": float(module.balance), "sketch": stem.name + ".svg", "fingerprint": self.fp,
+            "sketch": stem.name + ".svg", "fingerprint": self.fp,
         }
         atomic_write_text(folder / "done.json", json.dumps(meta, indent=2) + "\n")
         self.timings.append({k: meta[k] for k in ("part", "layer", "level", "seconds")})
@@ -200,15 +206,8 @@ class SceneRunner:
 
     def write_sketch(self, stem: Path, points: torch.Tensor, half_widths: torch.Tensor, size: int) -> None:
         """``stem``.svg and ``stem``.png of strokes points [K, 4, 2], half_widths [K] on a size x size canvas."""
-        ones = torch.ones_like(half_widths)
-        write_svg(stem.with_suffix(".svg"), points, half_widths, ones, size, size)
-        if points.shape[0] == 0:
-            image = torch.ones(3, size, size)
-        else:
-            with torch.no_grad():
-                image = self.renderer.render(Strokes(points[None].float(), half_widths[None].float(), ones[None].float()),
-                                             size, size)[0]
-        save_png(stem.with_suffix(".png"), image)
+        write_svg(stem.with_suffix(".svg"), points, half_widths, torch.ones_like(half_widths), size, size)
+        save_png(stem.with_suffix(".png"), self.raster(points, half_widths, size))
 
     # -------------------------------------------------------------- fidelity
     def fidelity(self, part: str, layer: int) -> Stage:
@@ -225,7 +224,7 @@ class SceneRunner:
 
             save_png(folder / "attention.png", overlay(target, results[0].saliency, results[0].starts))
         module = self.module(part, layer, initial, eval_start=int(fid.eval_start), eval_interval=int(fid.eval_interval),
-                             balance=None if cfg.balance else 1.0, select="lowest")
+                             select="lowest")
         if part == "background":
             steps = int(fid.background_steps)
         else:
@@ -255,11 +254,13 @@ class SceneRunner:
         sim = self.cfg.simplicity
         state = previous.state()
         keep_mask = state["keep_mask"] if bool(sim.nested) else None
+        # Level 0 starts a fresh width MLP and fresh Adam states from the fidelity row's location
+        # MLP; later levels carry both MLPs and both optimisers' states over (official).
         module = self.module(
             part, layer, state["initial_points"], eval_start=int(sim.eval_start), eval_interval=int(sim.eval_interval),
             simplify=True, ratio=ratio, temperature=float(sim.temperature), keep_threshold=float(sim.keep_threshold),
-            keep_mask=keep_mask, balance=state["balance"], location_states=state["location"],
-            width_states=state["width"], stream_offset=7919 * (level + 1), select="zscore")
+            keep_mask=keep_mask, location_states=state["location"], width_states=state["width"],
+            optimizer_state=state.get("optimizer"), stream_offset=7919 * (level + 1), select="zscore")
         steps = int(sim.steps)
         seconds = self.fit(module, folder, steps, [])
         return self.finish(module, folder, part, folder.parent / part, {"layer": layer, "level": level, "ratio": ratio},
@@ -267,10 +268,16 @@ class SceneRunner:
 
     # --------------------------------------------------------------- combine
     def combine(self, stages: dict[str, Stage], folder: Path) -> int:
-        """Composite the kept strokes of both parts at ``combined_size``; returns the stroke count."""
+        """Composite both parts at ``combined_size``; returns the stroke count.
+
+        As the official combine step: stroke widths x ``combined_width_scale``, background
+        strokes erased inside the object mask, the object's strokes drawn over them (the
+        darker pixel wins). combined.svg holds every kept stroke of both parts.
+        """
         size = int(self.cfg.combined_size)
         scale = size / self.canvas
-        points, widths = [], []
+        width_scale = float(self.cfg.combined_width_scale)
+        layers, all_points, all_widths = {}, [], []
         for part in PARTS:
             stage = stages.get(part)
             if stage is None:
@@ -278,11 +285,30 @@ class SceneRunner:
             p = stage.points[stage.kept]
             if part == "foreground":
                 p = self.inputs.placement.inverse(p, self.canvas)
-            points.append(p * scale)
-            widths.append(stage.half_widths[stage.kept] * scale)
-        points, widths = torch.cat(points), torch.cat(widths)
-        self.write_sketch(folder / "combined", points, widths, size)
+            layers[part] = (p * scale, stage.half_widths[stage.kept] * width_scale)
+            all_points.append(layers[part][0])
+            all_widths.append(layers[part][1])
+        points, widths = torch.cat(all_points), torch.cat(all_widths)
+        write_svg((folder / "combined").with_suffix(".svg"), points, widths, torch.ones_like(widths), size, size)
+        image = None
+        for part in PARTS:
+            if part not in layers:
+                continue
+            raster = self.raster(*layers[part], size)
+            if part == "background" and "foreground" in layers and self.inputs.mask is not None:
+                raster[:, object_mask_at(self.inputs.mask, size)] = 1.0
+            image = raster if image is None else torch.minimum(image, raster)
+        save_png(folder / "combined.png", image)
         return int(points.shape[0])
+
+    def raster(self, points: torch.Tensor, half_widths: torch.Tensor, size: int) -> torch.Tensor:
+        """[3, size, size] of strokes points [K, 4, 2], half_widths [K] (white when K = 0)."""
+        if points.shape[0] == 0:
+            return torch.ones(3, size, size)
+        ones = torch.ones_like(half_widths)
+        with torch.no_grad():
+            return self.renderer.render(Strokes(points[None].float(), half_widths[None].float(), ones[None].float()),
+                                        size, size)[0].clone()
 
     def row(self, layer: int, last_level: int) -> None:
         parts = [p for p in PARTS if p in self.cfg.parts]
@@ -351,9 +377,9 @@ def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
     ensure_writable(root)
     wanted = parse_cells(cfg.cells, [int(x) for x in cfg.layers], int(cfg.levels))
     inputs = prepare_inputs(
-        cfg.target, list(cfg.parts), cfg.mask, cfg.background, int(cfg.max_size), bool(cfg.fix_scale),
+        cfg.target, list(cfg.parts), cfg.mask, cfg.background, int(cfg.max_size), str(cfg.square),
         int(cfg.dilation), int(cfg.inpaint_radius), str(cfg.inpaint_method), bool(cfg.resize_obj),
-        float(cfg.object_fraction), cfg.mask_model)
+        float(cfg.object_fraction), cfg.mask_model, cfg.lama_weights)
     fp = check_matrix_dir(root, cfg)
     inputs.save(root / "inputs")
     atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -368,6 +394,7 @@ def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
     summary = {
         "target": str(resolve_target(cfg.target)), "layers": [int(x) for x in cfg.layers], "levels": int(cfg.levels),
         "parts": list(cfg.parts), "strokes": int(cfg.strokes), "seeds": list(cfg.seeds),
+        "inpainting": inputs.inpainting,
         "clip_model": cfg.clip.model, "clip_weights": str(cfg.clip.pretrained) if cfg.clip.pretrained else "random",
         "complete": len(results["cells"]) == expected, "cells_done": len(results["cells"]), "cells_total": expected,
         "matrix_png": matrix.name, **results, "this_run": {"wall_time_s": wall, "stages": runner.timings},

@@ -1,9 +1,11 @@
 """From a scene photo to the two targets CLIPascene sketches: foreground and background.
 
-The photo is made square (``fix_scale`` pads, else squashes) at no more than ``max_size``
-px; the object mask comes from :mod:`clipasso_pl.masking`; the background is the photo
-with the dilated object region inpainted (or a user-given background file), the
-foreground is the object on white, optionally rescaled (``resize_obj``).
+The photo is made square at no more than ``max_size`` px (``square``: the official rule,
+squash above max_size, else centre-crop; or ``pad`` / ``squash``); the object mask comes
+from :mod:`clipasso_pl.masking`; the background is the photo with the dilated object region
+inpainted (LaMa when its weights are on disk, else OpenCV; or a user-given background
+file), the foreground is the object on white, rescaled as the official code does
+(``resize_obj``: a single object smaller than ``object_fraction`` of the side is enlarged).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class SceneInputs:
 
     image: [3, side, side] the photo on white; mask / dilated: [side, side] bool or None
     (background only); background, foreground: [3, side, side] (foreground None when not
-    sketched); placement: where a rescaled object came from (identity without resize_obj).
+    sketched); placement: where a rescaled object came from (identity without resize_obj);
+    inpainting: how the background was made (``lama``, ``opencv-telea``, ``opencv-ns``,
+    ``file`` or ``none``).
     """
 
     image: Tensor
@@ -37,6 +41,7 @@ class SceneInputs:
     background: Tensor
     foreground: Tensor | None
     placement: masking.Placement
+    inpainting: str = "none"
 
     @property
     def side(self) -> int:
@@ -61,10 +66,10 @@ class SceneInputs:
 
 
 def prepare_inputs(target: str | Path | None, parts: list[str], mask: str | Path | None = None,
-                   background: str | Path | None = None, max_size: int = 512, fix_scale: bool = True,
-                   dilation: int = 11, inpaint_radius: int = 3, inpaint_method: str = "telea",
-                   resize_obj: bool = False, object_fraction: float = 0.7,
-                   mask_model: str | None = "u2net") -> SceneInputs:
+                   background: str | Path | None = None, max_size: int = 512, square: str = "official",
+                   dilation: int = 11, inpaint_radius: int = 3, inpaint_method: str = "auto",
+                   resize_obj: bool = True, object_fraction: float = 0.7,
+                   mask_model: str | None = "u2net", lama_weights: str | Path | None = None) -> SceneInputs:
     """Load and split a scene photo. Raises ClipassoError for missing files or no mask."""
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -72,25 +77,27 @@ def prepare_inputs(target: str | Path | None, parts: list[str], mask: str | Path
     path = resolve_target(target)
     rgba = open_image_rgba(path, "target")
     original_size = rgba.size
-    rgba = masking.square_image(rgba, max_size, fix_scale)
+    rgba = masking.square_image(rgba, max_size, mode=square)
     image = masking.photo_tensor(rgba)
     needs_mask = "foreground" in parts or (background is None and mask is not None)
     obj = dilated = None
     if needs_mask:
-        obj = masking.object_mask(rgba, mask, fix_scale, original_size, model=mask_model)
+        obj = masking.object_mask(rgba, mask, original_size=original_size, model=mask_model, mode=square,
+                                  max_size=max_size)
         dilated = masking.dilate(obj, dilation)
     if background is not None:
-        bg = masking.square_image(open_image(background, "background"), max(max_size, rgba.width), fix_scale)
+        bg = masking.square_image(open_image(background, "background"), max_size, mode=square)
         back = pil_to_tensor(bg.resize(rgba.size, Image.Resampling.BICUBIC))
+        how = "file"
     elif dilated is not None:
-        back = masking.inpaint(image, dilated, inpaint_radius, inpaint_method)
+        back, how = masking.fill_background(image, dilated, inpaint_method, inpaint_radius, lama_weights)
     else:
-        back = image.clone()  # background only, no object: the whole photo
+        back, how = image.clone(), "none"  # background only, no object: the whole photo
     fore = None
     placement = masking.Placement()
     if "foreground" in parts:
         fore = masking.on_white(image, obj)
-        if resize_obj:
+        if resize_obj and masking.should_resize_object(obj, object_fraction):
             fore, _, placement = masking.resize_obj(fore, obj, object_fraction)
-    return SceneInputs(image, obj, dilated, back, fore, placement)
+    return SceneInputs(image, obj, dilated, back, fore, placement, how)
 

@@ -1,6 +1,16 @@
-"""CLIPascene's losses: the fidelity CLIP loss on ViT blocks, sparsity and ratio.
+"""CLIPascene's losses: the per-block CLIP terms, sparsity, ratio, and their gradnorm weighting.
 
 Every function returns per-seed values [S]; seeds never mix.
+
+The official objective of a simplicity level (per seed, per step):
+
+    total = sum_i c_i * w_i * L_i  +  (S - r_k * sum_j L_j)^2
+
+where L_i runs over the unweighted CLIP block terms (block l; objects also block 4) and the
+sparsity S, c_i is the fixed coefficient (1 for block l, 0.5 for the object's block 4, 1 for
+S), w_i the gradnorm weight of that step (:func:`gradnorm_weights`, measured on the width
+MLP), and the ratio term ties S to r_k times the *unweighted* CLIP sum. Fidelity rows of
+objects use the same weighting of their two blocks, measured on the location MLP.
 """
 
 from __future__ import annotations
@@ -21,15 +31,13 @@ def block_name(layer: int, layer_names: list[str]) -> str:
 
 
 class SceneClipLoss(nn.Module):
-    """The geometric CLIP loss of one fidelity level: L2 on ViT block outputs, no semantic term.
+    """The geometric CLIP terms of one fidelity row: L2 on ViT block outputs, no semantic term.
 
-    Background: ``layer_weight`` * L2(block l). Objects: ``anchor_weight`` * L2(block a) +
-    ``layer_weight`` * b * L2(block l) where b (``balance``, set by the module from gradient
-    norms, GradNorm-style) makes the two terms pull with equal strength; when l == a only
-    block l counts.
+    Background: block l with coefficient ``layer_weight``. Objects: block l and block a
+    (``anchor_layer``) with coefficient ``anchor_weight``; when l == a only block l counts.
 
-    forward(sketch_feats, target_feats, num_seeds, balance) -> dict of [S] tensors:
-    ``conv/block<i>`` (unweighted) for each used block and ``clip`` (the weighted total).
+    forward(sketch_feats, target_feats, num_seeds) -> {``conv/block<i>``: [S]} unweighted;
+    ``coefficients`` maps the same keys to their fixed weights.
     """
 
     def __init__(self, layer_names: list[str], layer: int, anchor_layer: int | None = None,
@@ -40,30 +48,24 @@ class SceneClipLoss(nn.Module):
                                 f"not a ResNet (layers {', '.join(layer_names)})")
         self.layer_key = block_name(layer, layer_names)
         self.anchor_key = None if anchor_layer is None or anchor_layer == layer else block_name(anchor_layer, layer_names)
-        self.anchor_weight = float(anchor_weight)
-        self.layer_weight = float(layer_weight)
-        weights = [0.0] * len(layer_names)
-        weights[layer_names.index(self.layer_key)] = 1.0
+        self.coefficients = {f"conv/{self.layer_key}": float(layer_weight)}
         if self.anchor_key is not None:
-            weights[layer_names.index(self.anchor_key)] = 1.0
-        # Unweighted per-layer terms come from the core loss; the weighting and balance are ours.
+            self.coefficients[f"conv/{self.anchor_key}"] = float(anchor_weight)
+        weights = [0.0] * len(layer_names)
+        for key in self.coefficients:
+            weights[layer_names.index(key.split("/", 1)[1])] = 1.0
+        # Unweighted per-block terms come from the core loss; weighting is the module's.
         self.terms = ClipassoLoss(weights, fc_weight=0.0, layer_names=layer_names)
 
     @property
     def balanced(self) -> bool:
-        """True when two blocks are combined and a balance factor applies."""
+        """True when two blocks are combined (objects), which the official code gradnorm-weights."""
         return self.anchor_key is not None
 
-    def forward(self, sketch_feats: dict[str, Tensor], target_feats: dict[str, Tensor], num_seeds: int,
-                balance: Tensor | float = 1.0) -> dict[str, Tensor]:
+    def forward(self, sketch_feats: dict[str, Tensor], target_feats: dict[str, Tensor],
+                num_seeds: int) -> dict[str, Tensor]:
         terms = self.terms(sketch_feats, target_feats, num_seeds)
-        terms.pop("loss")
-        layer = terms[f"conv/{self.layer_key}"]
-        if self.anchor_key is None:
-            terms["clip"] = self.layer_weight * layer
-        else:
-            terms["clip"] = self.anchor_weight * terms[f"conv/{self.anchor_key}"] + self.layer_weight * balance * layer
-        return terms
+        return {key: terms[key] for key in self.coefficients}
 
 
 def inside_canvas(points: Tensor, height: int, width: int) -> Tensor:
@@ -82,11 +84,46 @@ def sparsity_loss(keep: Tensor, inside: Tensor) -> Tensor:
 
 
 def ratio_loss(sparsity: Tensor, clip: Tensor, ratio: float) -> Tensor:
-    """(sparsity - r_k * clip)^2 per seed: ties how many strokes survive to how much fidelity is lost."""
+    """(sparsity - r_k * clip)^2 per seed, clip = the unweighted sum of the CLIP block terms."""
     return (sparsity - ratio * clip) ** 2
 
 
-def grad_norm(value: Tensor, params: list[Tensor]) -> Tensor:
-    """The L2 norm of d value / d params (graph kept for the real backward)."""
-    grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-    return torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), value.new_zeros(())))
+def mean_abs_grad(value: Tensor, params: list[list[Tensor]]) -> Tensor:
+    """Per seed s: mean |d value / d p| over the parameters ``params[s]`` that receive a gradient.
+
+    value: a scalar whose seed-s part depends only on params[s] (e.g. a per-seed loss summed
+    over seeds); params: S lists of tensors -> [S]. The graph is kept for later backward passes.
+    """
+    flat = [p for group in params for p in group]
+    grads = torch.autograd.grad(value, flat, retain_graph=True, allow_unused=True)
+    out, k = [], 0
+    for group in params:
+        total = value.new_zeros(())
+        count = 0
+        for g, p in zip(grads[k:k + len(group)], group):
+            if g is not None:
+                total = total + g.detach().abs().sum()
+                count += p.numel()
+        k += len(group)
+        out.append(total / max(count, 1))
+    return torch.stack(out)
+
+
+def gradnorm_weights(losses: dict[str, Tensor], params: list[list[Tensor]]) -> dict[str, Tensor]:
+    """The official per-step loss balance: w_i = (G - g_i) / ((n - 1) G), per seed.
+
+    losses: name -> [S] per-seed loss; params: the S parameter lists the gradients are
+    measured on (the width MLP in simplicity levels, the location MLP in object fidelity
+    rows). g_i is the mean |gradient| of loss i over those parameters, G = sum_i g_i.
+    A loss that pulls harder gets the smaller weight; with n == 1 (or all g_i == 0) the
+    weights are 1 / n. Returns name -> [S] weights (detached).
+    """
+    names = list(losses)
+    n = len(names)
+    S = len(params)
+    if n == 1:
+        return {names[0]: torch.ones(S, device=losses[names[0]].device)}
+    g = torch.stack([mean_abs_grad(losses[name].sum(), params) for name in names])  # [n, S]
+    G = g.sum(0)
+    w = torch.where(G > 0, (G - g) / ((n - 1) * G.clamp_min(1e-30)), torch.full_like(g, 1.0 / n))
+    return {name: w[i].detach() for i, name in enumerate(names)}

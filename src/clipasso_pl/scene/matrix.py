@@ -61,21 +61,38 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def wrap_text(text: str, font, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a single longer word stays whole)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def matrix_picture(tiles: dict[tuple[int, int], Image.Image | None], row_labels: Sequence[str],
                    col_labels: Sequence[str], captions: dict[tuple[int, int], str], tile: int = 224,
                    title: str = "") -> Image.Image:
     """A labelled grid: rows x columns of ``tile`` px pictures, a label per row and column,
-    a caption under each tile; a missing tile is drawn as a grey 'not run' box."""
+    a caption under each tile; a missing tile is drawn as a grey 'not run' box. The title is
+    wrapped onto as many lines as the picture's width needs."""
     rows, cols = len(row_labels), len(col_labels)
     fs = max(11, tile // 14)
     font, small = _font(fs), _font(max(10, fs - 3))
-    left, top, cap, gap = 6 * fs, 3 * fs + (fs + 6 if title else 0), fs + 6, 6
+    gap = 6
+    left, cap = 6 * fs, fs + 6
     W = left + cols * (tile + gap) + gap
+    title_lines = wrap_text(title, font, W - 2 * gap) if title else []
+    line_h = fs + 4
+    top = 3 * fs + (len(title_lines) * line_h + 6 if title_lines else 0)
     H = top + rows * (tile + cap + gap) + gap
     canvas = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((gap, gap), title, fill="black", font=font)
+    for i, line in enumerate(title_lines):
+        draw.text((gap, gap + i * line_h), line, fill="black", font=font)
     for c, label in enumerate(col_labels):
         x = left + gap + c * (tile + gap) + tile // 2
         draw.text((x, top - fs // 2), label, fill="black", font=font, anchor="ms")

@@ -2,8 +2,12 @@
 
 The optimised parameters of a scene sketch are MLP weights, not control points: the
 location MLP maps the (fixed) initial control points to the current ones, and the width
-MLP maps a fixed input to one keep-probability per stroke. Coordinates given to the
-location MLP are normalised by the canvas side (0..1, x right, y down).
+MLP maps a fixed input to one keep-probability per stroke.
+
+Coordinates given to the location MLP are normalised as the official code does:
+x_n = 2 * p / W - 1 in [-1, 1] (x right, y down); its output is mapped back with
+p = 0.5 * (y + 1) * W. With y = x_n + 0.1 * net(x_n), one unit of ``net`` output moves a
+point by 0.5 * 0.1 * W = 0.05 * W pixels.
 """
 
 from __future__ import annotations
@@ -18,11 +22,22 @@ def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
                          nn.Linear(hidden, outputs))
 
 
+def to_unit(points: Tensor, side: Tensor | float) -> Tensor:
+    """Pixels -> the location MLP's input range [-1, 1] (2 p / W - 1)."""
+    return 2.0 * points / side - 1.0
+
+
+def from_unit(x: Tensor, side: Tensor | float) -> Tensor:
+    """The location MLP's output -> pixels: 0.5 (x + 1) W."""
+    return 0.5 * (x + 1.0) * side
+
+
 class LocationMLP(nn.Module):
-    """x -> x + offset_scale * MLP(x) on the flattened normalised control points.
+    """x -> x + offset_scale * MLP(x) on the flattened control points in [-1, 1].
 
     x: [..., N * 8] (N strokes x 4 points x (x, y)); 64 strokes give the paper's 512 inputs.
-    Layers: Linear(8N, hidden), SELU, Linear(hidden, hidden), SELU, Linear(hidden, 8N).
+    Layers: Linear(8N, hidden), SELU, Linear(hidden, hidden), SELU, Linear(hidden, 8N)
+    (torch's default initialisation, as the official code leaves it).
     The residual form keeps the first sketch close to its initialisation.
     """
 
@@ -36,16 +51,28 @@ class LocationMLP(nn.Module):
         return x + self.offset_scale * self.net(x)
 
 
+def xavier_init(module: nn.Module, bias: float = 0.01) -> None:
+    """Xavier-uniform weights and a constant bias on every Linear layer (the official width-MLP init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.constant_(m.bias, bias)
+
+
 class WidthMLP(nn.Module):
     """A fixed input [..., N] -> per-stroke keep probabilities q in (0, 1) [..., N] (before Gumbel-softmax).
 
-    Layers: Linear(N, hidden), SELU, Linear(hidden, hidden), SELU, Linear(hidden, N), sigmoid.
+    Layers: Linear(N, hidden), SELU, Linear(hidden, hidden), SELU, Linear(hidden, N), sigmoid;
+    Xavier-uniform weights, biases 0.01 (``init=False`` keeps torch's default initialisation).
+    The module feeds it ``input_value`` (1.5, the official stroke width) for every stroke.
     """
 
-    def __init__(self, num_strokes: int = 64, hidden: int = 1000):
+    def __init__(self, num_strokes: int = 64, hidden: int = 1000, init: bool = True):
         super().__init__()
         self.num_strokes = num_strokes
         self.net = _mlp(num_strokes, hidden, num_strokes)
+        if init:
+            xavier_init(self.net)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.net(x))
@@ -63,8 +90,7 @@ def keep_probabilities(q: Tensor, temperature: float = 0.2, generator: torch.Gen
 
     With ``noise`` the Gumbel draws come from ``generator`` (CPU), so each seed has its own
     stream; without it the result is the noiseless tempered probability
-    q^(1/t) / (q^(1/t) + (1 - q)^(1/t)), used for evaluation and for dropping strokes.
-    Differentiable in q either way.
+    q^(1/t) / (q^(1/t) + (1 - q)^(1/t)). Differentiable in q either way.
     """
     logits = _two_class_logits(q)
     if noise:
@@ -74,7 +100,7 @@ def keep_probabilities(q: Tensor, temperature: float = 0.2, generator: torch.Gen
 
 
 def seeded(module_factory, seed: int) -> nn.Module:
-    """Build a module with torch's default initialisation drawn from ``seed`` (global RNG untouched)."""
+    """Build a module with its initialisation drawn from ``seed`` (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return module_factory()

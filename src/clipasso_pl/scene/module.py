@@ -1,18 +1,22 @@
 """SceneSketchModule: one part (background or foreground) at one (fidelity, simplicity) level.
 
-The trainable parameters are MLPs, one set per seed: the location MLP (always) and the
-width MLP (simplicity levels). The control points are the location MLP's output on the
-fixed initial points; the stroke half-widths are keep-probability x ``half_width``. The
-renderer, CLIP taps and joint augmentation are the core's, batched over seeds as in
-:class:`clipasso_pl.module.SketchModule`, and each seed keeps its own generator (its
-augmentation and Gumbel draws), so seeds never mix.
+The trainable parameters are MLPs, one set per seed: the location MLP (always, Adam at
+``lr``) and the width MLP (simplicity levels, Adam at ``width_lr``). The control points are
+the location MLP's output on the fixed initial points; the stroke half-widths are the
+Gumbel-sampled keep-probability x ``half_width``. The renderer, CLIP taps and joint
+augmentation are the core's, batched over seeds as in :class:`clipasso_pl.module.SketchModule`,
+and each seed keeps its own generator (its augmentation and Gumbel draws), so seeds never mix.
 
-Evaluation (plain pair, no augmentation, noiseless keep-probabilities) runs before the
-update of every step ``t >= eval_start`` with ``(t - eval_start) % eval_interval == 0``,
-and once more after the last step; each evaluation is a :class:`SceneRecord`. The MLP
-weights of candidate records are kept (on the CPU) so the chosen step can warm-start
-the next level: only each seed's best one when selecting by loss (fidelity), all of
-them when selecting by z-scores (simplicity), since that choice needs the whole run.
+Each step computes the loss terms, their gradnorm weights (see
+:func:`clipasso_pl.scene.losses.gradnorm_weights`) and the total. Evaluation runs at every
+step ``t >= eval_start`` with ``(t - eval_start) % eval_interval == 0``, as the official code
+does: the sketch of that step (its points and its Gumbel-sampled keep-probabilities) is
+scored on the plain (sketch, target) pair, no augmentation, with that step's gradnorm
+weights; each evaluation is a :class:`SceneRecord`. After the update, the MLP weights (and,
+in simplicity levels, the Adam state) of candidate records are kept on the CPU so the chosen
+step can warm-start the next level: only each seed's best one when selecting by loss
+(fidelity), all of them when selecting by z-scores (simplicity), since that choice needs the
+whole run.
 """
 
 from __future__ import annotations
@@ -24,17 +28,18 @@ import torch
 from torch import Tensor, nn
 
 from ..strokes import Strokes
-from .losses import SceneClipLoss, grad_norm, inside_canvas, ratio_loss, sparsity_loss
-from .mlp import LocationMLP, WidthMLP, keep_probabilities, seeded
+from .losses import SceneClipLoss, gradnorm_weights, inside_canvas, ratio_loss, sparsity_loss
+from .mlp import LocationMLP, WidthMLP, from_unit, keep_probabilities, seeded, to_unit
 
 
 @dataclass
 class SceneRecord:
-    """One evaluation, before the update of ``step``.
+    """One evaluation, of the sketch of training step ``step``.
 
-    terms: per-seed [S] values: ``loss`` (the stage's total), ``clip``, ``conv/block<i>``,
-        and in simplicity levels ``sparsity``, ``ratio``, ``kept`` (strokes kept).
-    points: [S, N, 4, 2] pixels; keep: [S, N] noiseless keep-probabilities (all 1 in fidelity).
+    terms: per-seed [S] values: ``loss`` (the stage's weighted total), ``clip`` (the unweighted
+        sum of the CLIP block terms), ``conv/block<i>`` (unweighted), ``weight/<term>`` (the
+        gradnorm weights used), and in simplicity levels ``sparsity``, ``ratio``, ``kept``.
+    points: [S, N, 4, 2] pixels; keep: [S, N] the step's sampled keep-probabilities (1 in fidelity).
     """
 
     step: int
@@ -50,20 +55,29 @@ def select_lowest(records: list[SceneRecord], key: str = "loss") -> tuple[int, i
     return flat % values.shape[1], flat // values.shape[1]
 
 
-def select_zscore(records: list[SceneRecord], keys: tuple[str, ...] = ("clip", "ratio")) -> tuple[int, int]:
-    """(seed index, record index) with the lowest sum of z-normalised ``keys``.
+def zscore_table(records: list[SceneRecord], keys: tuple[str, ...] | list[str]) -> Tensor:
+    """[R, S] the summed z-scores of ``keys``, each standardised over one seed's evaluations.
 
-    Each key is standardised over all (evaluation, seed) values, so losses of different
-    scales weigh the same; a key that never varies contributes 0.
+    As the official code does per run (one run = one seed): a key whose values never vary
+    within a seed contributes 0 there (the official code would divide by zero).
     """
     total = None
     for key in keys:
         v = torch.stack([r.terms[key] for r in records]).double()  # [R, S]
-        std = v.std(unbiased=False)
-        z = (v - v.mean()) / std if std > 0 else torch.zeros_like(v)
+        mean, std = v.mean(0, keepdim=True), v.std(0, unbiased=False, keepdim=True)
+        z = torch.where(std > 0, (v - mean) / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(v))
         total = z if total is None else total + z
-    flat = int(torch.argmin(total))
-    return flat % total.shape[1], flat // total.shape[1]
+    return total
+
+
+def select_zscore(records: list[SceneRecord], keys: tuple[str, ...] | list[str]) -> tuple[int, int]:
+    """(seed index, record index): each seed's best evaluation is its lowest summed z-score of
+    ``keys`` (the unweighted CLIP block terms and the sparsity); the winning seed is the one
+    whose best summed z-score is lowest."""
+    table = zscore_table(records, keys)  # [R, S]
+    best_value, best_index = table.min(0)  # [S]
+    seed = int(torch.argmin(best_value))
+    return seed, int(best_index[seed])
 
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
@@ -78,8 +92,11 @@ class SceneSketchModule(pl.LightningModule):
     initial_points: [N, 4, 2] or [S, N, 4, 2] pixels, the location MLP's fixed input.
     location_states / width_states: a state dict (shared by all seeds) or a list of them, to
         warm-start from a previous level; None draws fresh weights from the seed.
-    keep_mask: [N] bool, strokes a previous level dropped stay dropped (nested levels).
-    balance: the factor of the layer term (objects), None to measure it at the first step.
+    optimizer_state: the Adam state of the previous level's chosen seed (a list of per-parameter
+        states in the order of ``seed_parameters``), loaded into every seed; None starts fresh.
+    keep_mask: [N] bool, strokes a previous level dropped stay dropped (``nested`` levels).
+    gradnorm: re-weight the loss terms every step (simplicity levels, and object rows that
+        combine two blocks); False uses the fixed coefficients alone.
     select: ``lowest`` (best eval loss, fidelity) or ``zscore`` (simplicity).
     """
 
@@ -94,18 +111,23 @@ class SceneSketchModule(pl.LightningModule):
         seeds: list[int],
         half_width: float = 1.5,
         lr: float = 1e-4,
+        width_lr: float = 5e-5,
         eval_start: int = 0,
         eval_interval: int = 50,
         simplify: bool = False,
         ratio: float = 1.0,
         temperature: float = 0.2,
-        keep_threshold: float = 0.5,
+        keep_threshold: float = 0.7,
         keep_mask: Tensor | None = None,
-        balance: float | None = None,
+        gradnorm: bool = True,
+        sparsity_weight: float = 1.0,
         location_states: dict | list[dict] | None = None,
         width_states: dict | list[dict] | None = None,
+        optimizer_state: list[dict] | None = None,
         hidden: int = 1000,
         offset_scale: float = 0.1,
+        width_input: float = 1.5,
+        width_init: bool = True,
         stream_offset: int = 0,
         select: str = "lowest",
     ):
@@ -121,12 +143,14 @@ class SceneSketchModule(pl.LightningModule):
         self.num_strokes = N = initial_points.shape[1]
         self.height, self.width = target.shape[-2:]
         self.half_width = float(half_width)
-        self.lr = lr
+        self.lr, self.width_lr = float(lr), float(width_lr)
         self.eval_start, self.eval_interval = int(eval_start), int(eval_interval)
         self.simplify = simplify
         self.ratio = float(ratio)
         self.temperature = float(temperature)
         self.keep_threshold = float(keep_threshold)
+        self.gradnorm = bool(gradnorm)
+        self.sparsity_weight = float(sparsity_weight)
         self.select = select
         self.clip = clip.requires_grad_(False).eval()
         self.loss_fn = loss
@@ -135,24 +159,29 @@ class SceneSketchModule(pl.LightningModule):
         self.register_buffer("target", target[None].float())
         side = torch.tensor([float(self.width), float(self.height)])
         self.register_buffer("side", side)
-        self.register_buffer("initial", (initial_points.float() / side).reshape(S, N * 8).clone())
-        self.register_buffer("width_input", torch.ones(N))
+        self.register_buffer("initial", to_unit(initial_points.float(), side).reshape(S, N * 8).clone())
+        self.register_buffer("width_input", torch.full((N,), float(width_input)))
         mask = torch.ones(N, dtype=torch.bool) if keep_mask is None else keep_mask.bool().clone()
         self.register_buffer("keep_mask", mask)
-        self.register_buffer("balance", torch.tensor(float("nan") if balance is None else float(balance)))
         self.locations = nn.ModuleList(seeded(lambda: LocationMLP(N, hidden, offset_scale), s) for s in self.seeds)
         self._load(self.locations, location_states)
         self.widths = None
         if simplify:
-            self.widths = nn.ModuleList(seeded(lambda: WidthMLP(N, hidden), s + 1) for s in self.seeds)
+            self.widths = nn.ModuleList(seeded(lambda: WidthMLP(N, hidden, width_init), s) for s in self.seeds)
             self._load(self.widths, width_states)
+        # Strokes that start off the canvas never count (the official out-of-canvas mask, set once).
+        with torch.no_grad():
+            self.register_buffer("inside", inside_canvas(self.current_points(), self.height, self.width))
+        self.optimizer_state = optimizer_state
         self.generators = [torch.Generator().manual_seed(int(s) + int(stream_offset)) for s in self.seeds]
+        self.weights: dict[str, Tensor] | None = None  # the gradnorm weights of the latest step
         self.records: list[SceneRecord] = []
-        self.states: dict[tuple[int, int], dict] = {}  # (seed index, step) -> MLP weights
+        self.states: dict[tuple[int, int], dict] = {}  # (seed index, step) -> MLP weights (+ Adam state)
         self._best_lowest: list[float] = [float("inf")] * S
         self.last_train: dict[str, Tensor] | None = None
         self.last_eval: SceneRecord | None = None
         self._target_feats: dict[str, Tensor] | None = None
+        self._optimizer = None
         self.strict_loading = False
 
     @staticmethod
@@ -171,7 +200,7 @@ class SceneSketchModule(pl.LightningModule):
     def current_points(self) -> Tensor:
         """Control points [S, N, 4, 2] pixels (differentiable in the location MLPs)."""
         out = torch.stack([mlp(x) for mlp, x in zip(self.locations, self.initial)])
-        return out.view(len(self.seeds), self.num_strokes, 4, 2) * self.side
+        return from_unit(out.view(len(self.seeds), self.num_strokes, 4, 2), self.side)
 
     @property
     def points(self) -> Tensor:
@@ -179,13 +208,14 @@ class SceneSketchModule(pl.LightningModule):
         with torch.no_grad():
             return self.current_points()
 
-    def keep(self, noise: bool = False) -> Tensor:
-        """Keep-probabilities [S, N]: Gumbel-softmax samples (noise) or the noiseless ones; 1 in fidelity."""
+    def keep(self, noise: bool = True) -> Tensor:
+        """Keep-probabilities [S, N]: Gumbel-softmax samples (noise) or the noiseless ones; 1 in fidelity.
+        Off-canvas strokes (at the start of the level) and dropped ones (nested) are 0."""
         if not self.simplify:
             return self.keep_mask.float().expand(len(self.seeds), -1)
         q = torch.stack([mlp(self.width_input) for mlp in self.widths])
         p = torch.stack([keep_probabilities(qi, self.temperature, g, noise) for qi, g in zip(q, self.generators)])
-        return p * self.keep_mask
+        return p * self.keep_mask * self.inside
 
     def strokes(self, points: Tensor | None = None, keep: Tensor | None = None) -> Strokes:
         """Strokes with half-width keep x half_width; ``keep`` defaults to the noiseless one
@@ -203,43 +233,77 @@ class SceneSketchModule(pl.LightningModule):
         return self.renderer.render(self.strokes(points, keep), self.height, self.width)
 
     # ---------------------------------------------------------------- loss
-    def _terms(self, sketch_feats, target_feats, points: Tensor, keep: Tensor) -> dict[str, Tensor]:
-        terms = self.loss_fn(sketch_feats, target_feats, len(self.seeds), self.balance)
+    def seed_parameters(self, i: int, which: str = "all") -> list[Tensor]:
+        """Seed i's parameters: ``location``, ``width`` or ``all`` (location then width)."""
+        params = []
+        if which in ("all", "location"):
+            params += list(self.locations[i].parameters())
+        if which in ("all", "width") and self.widths is not None:
+            params += list(self.widths[i].parameters())
+        return params
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the terms are gradnorm-weighted (simplicity levels; object rows with two blocks)."""
+        return self.gradnorm and (self.simplify or self.loss_fn.balanced)
+
+    def raw_terms(self, sketch_feats, target_feats, points: Tensor, keep: Tensor) -> dict[str, Tensor]:
+        """The unweighted terms [S] that enter the gradnorm balance: CLIP blocks (+ sparsity)."""
+        terms = self.loss_fn(sketch_feats, target_feats, len(self.seeds))
         if self.simplify:
-            terms["sparsity"] = sparsity_loss(keep, inside_canvas(points, self.height, self.width))
-            terms["ratio"] = ratio_loss(terms["sparsity"], terms["clip"], self.ratio)
-            terms["loss"] = terms["clip"] + terms["ratio"]
-        else:
-            terms["loss"] = terms["clip"]
+            terms["sparsity"] = sparsity_loss(keep, self.inside)
         return terms
 
-    def _measure_balance(self, sketch_feats, target_feats) -> None:
-        """GradNorm-style: scale the layer term so its gradient on the MLPs matches the anchor's."""
-        raw = self.loss_fn(sketch_feats, target_feats, len(self.seeds), 1.0)
-        params = [p for p in self.parameters() if p.requires_grad]
-        anchor = grad_norm(raw[f"conv/{self.loss_fn.anchor_key}"].sum(), params)
-        layer = grad_norm(raw[f"conv/{self.loss_fn.layer_key}"].sum(), params)
-        b = anchor / layer
-        self.balance.fill_(float(b) if torch.isfinite(b) and b > 0 else 1.0)
+    def coefficients(self) -> dict[str, float]:
+        coeffs = dict(self.loss_fn.coefficients)
+        if self.simplify:
+            coeffs["sparsity"] = self.sparsity_weight
+        return coeffs
+
+    def combine(self, raw: dict[str, Tensor], weights: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        """raw terms -> every logged term and the total ``loss`` = sum c_i w_i L_i (+ ratio)."""
+        terms = dict(raw)
+        clip = sum(raw[k] for k in self.loss_fn.coefficients)
+        terms["clip"] = clip
+        total = 0.0
+        for key, c in self.coefficients().items():
+            w = weights[key] if weights is not None else 1.0
+            total = total + c * w * raw[key]
+            if weights is not None:
+                terms[f"weight/{key}"] = weights[key].expand_as(raw[key])
+        if self.simplify:
+            terms["ratio"] = ratio_loss(raw["sparsity"], clip, self.ratio)
+            total = total + terms["ratio"]
+        terms["loss"] = total
+        return terms
 
     def eval_due(self, step: int) -> bool:
         return self.eval_interval > 0 and step >= self.eval_start and (step - self.eval_start) % self.eval_interval == 0
 
     @torch.no_grad()
-    def evaluate(self, step: int) -> SceneRecord:
-        """Loss on the plain (sketch, target) pair of every seed, noiseless keep-probabilities."""
+    def evaluate(self, step: int, points: Tensor | None = None, keep: Tensor | None = None) -> SceneRecord:
+        """Loss on the plain (sketch, target) pair of every seed, with the latest gradnorm weights.
+        points / keep default to the current points and a fresh keep sample."""
         S = len(self.seeds)
         if self._target_feats is None:
             self._target_feats = {k: v.expand(S, *v.shape[1:]) for k, v in self.clip(self.target).items()}
-        points, keep = self.current_points(), self.keep(noise=False)
-        if torch.isnan(self.balance) and self.loss_fn.balanced:
-            self.balance.fill_(1.0)  # only reached when evaluating before any training step
-        terms = self._terms(self.clip(self.render(points, keep)), self._target_feats, points, keep)
-        terms["kept"] = (keep >= self.keep_threshold).sum(-1).float()
+        points = self.current_points() if points is None else points
+        keep = self.keep(noise=True) if keep is None else keep
+        raw = self.raw_terms(self.clip(self.render(points, keep)), self._target_feats, points, keep)
+        terms = self.combine(raw, self.weights if self.balanced else None)
+        terms["kept"] = (keep > self.keep_threshold).sum(-1).float()
         record = SceneRecord(step, {k: v.detach().cpu() for k, v in terms.items()}, points.cpu(), keep.cpu())
         self.records.append(record)
-        self._keep_states(record)
         return record
+
+    def _adam_state(self, i: int) -> list[dict] | None:
+        if self._optimizer is None:
+            return None
+        out = []
+        for p in self.seed_parameters(i):
+            state = self._optimizer.state.get(p, {})
+            out.append({k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in state.items()})
+        return out
 
     def _keep_states(self, record: SceneRecord) -> None:
         for i in range(len(self.seeds)):
@@ -253,30 +317,39 @@ class SceneSketchModule(pl.LightningModule):
             self.states[(i, record.step)] = {
                 "location": _cpu_state(self.locations[i]),
                 "width": _cpu_state(self.widths[i]) if self.widths is not None else None,
+                "optimizer": self._adam_state(i) if self.simplify else None,
             }
+
+    def selection_keys(self) -> list[str]:
+        """The terms the z-score selection standardises: the unweighted CLIP blocks and the sparsity."""
+        return list(self.loss_fn.coefficients) + (["sparsity"] if self.simplify else [])
 
     def best(self) -> tuple[int, SceneRecord, dict]:
         """(seed index, record, MLP weights) of the chosen evaluation."""
-        pick = select_lowest if self.select == "lowest" else select_zscore
-        seed_index, record_index = pick(self.records)
+        if self.select == "lowest":
+            seed_index, record_index = select_lowest(self.records)
+        else:
+            seed_index, record_index = select_zscore(self.records, self.selection_keys())
         record = self.records[record_index]
         return seed_index, record, self.states[(seed_index, record.step)]
 
     # ------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
-        self.last_eval = self.evaluate(step) if self.eval_due(step) else None
         points = self.current_points()
         keep = self.keep(noise=True)
         sketches = self.render(points, keep)
         sketch_views, target_views = self.augment(sketches, self.target, self.generators)
         with torch.no_grad():
             target_feats = self.clip(target_views)
-        sketch_feats = self.clip(sketch_views)
-        if self.loss_fn.balanced and torch.isnan(self.balance):
-            self._measure_balance(sketch_feats, target_feats)
-        terms = self._terms(sketch_feats, target_feats, points, keep)
+        raw = self.raw_terms(self.clip(sketch_views), target_feats, points, keep)
+        if self.balanced:
+            which = "width" if self.simplify else "location"
+            self.weights = gradnorm_weights(raw, [self.seed_parameters(i, which) for i in range(len(self.seeds))])
+        terms = self.combine(raw, self.weights if self.balanced else None)
         self.last_train = {k: v.detach() for k, v in terms.items()}
+        # Evaluated on this step's sketch with this step's weights, as the official loop does.
+        self.last_eval = self.evaluate(step, points.detach(), keep.detach()) if self.eval_due(step) else None
         total = terms["loss"].sum()  # summed: seed k's gradient does not depend on the other seeds
         if not torch.isfinite(total):
             return None
@@ -285,18 +358,36 @@ class SceneSketchModule(pl.LightningModule):
             self.log("eval/loss", self.last_eval.terms["loss"].mean(), prog_bar=True)
         return total
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # The weights (and Adam state) after this step's update go with its evaluation.
+        if self.last_eval is not None:
+            self._keep_states(self.last_eval)
+
     def on_train_end(self) -> None:
-        # The state after the last update is a candidate too.
-        if not self.records or self.records[-1].step != int(self.global_step):
-            self.evaluate(int(self.global_step))
+        if not self.records:  # no step was due for evaluation: the last state is the only candidate
+            self._keep_states(self.evaluate(int(self.global_step)))
 
     def configure_optimizers(self):
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        groups = [{"params": [p for m in self.locations for p in m.parameters()], "lr": self.lr}]
+        if self.widths is not None:
+            groups.append({"params": [p for m in self.widths for p in m.parameters()], "lr": self.width_lr})
+        self._optimizer = torch.optim.Adam(groups)
+        if self.optimizer_state is not None:
+            # The previous level's chosen seed's Adam state, for every seed (the official carry-over).
+            for i in range(len(self.seeds)):
+                params = self.seed_parameters(i)
+                if len(params) != len(self.optimizer_state):
+                    raise ValueError(f"optimizer_state has {len(self.optimizer_state)} entries, seed {i} has "
+                                     f"{len(params)} parameters")
+                for p, state in zip(params, self.optimizer_state):
+                    self._optimizer.state[p] = {k: (v.clone().to(p.device) if torch.is_tensor(v) and k != "step"
+                                                    else (v.clone() if torch.is_tensor(v) else v))
+                                                for k, v in state.items()}
+        return self._optimizer
 
     def on_train_start(self) -> None:
         self.clip.eval()
 
     def keep_vector(self, keep: Tensor) -> Tensor:
-        """[N] bool: strokes kept in the output (keep-probability >= threshold, never a dropped one)."""
-        return (keep >= self.keep_threshold) & self.keep_mask.cpu()
-
+        """[N] bool: strokes written to the SVG (sampled keep-probability > threshold, never a dropped one)."""
+        return (keep > self.keep_threshold) & self.keep_mask.cpu()
