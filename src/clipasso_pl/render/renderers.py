@@ -30,9 +30,17 @@ class Renderer(Protocol):
 
 
 class TorchRenderer:
-    """The pure-PyTorch renderer (default): :func:`render_strokes`, batched over sketches."""
+    """The pure-PyTorch renderer (default): :func:`render_strokes`, batched over sketches.
+
+    A stroke of several segments is drawn as its segments, each a cubic stroke with the
+    stroke's width and opacity, composited in order. diffvg draws such a path as one shape
+    (the union of its segments' bands); the two agree except on the pixels around a joint,
+    where both round ends overlap: there a stroke of opacity a < 1 is drawn twice
+    (1 - (1 - a c1)(1 - a c2) instead of a c), and anti-aliased edge pixels come out darker.
+    """
 
     def render(self, strokes: Strokes, height: int, width: int) -> Tensor:
+        strokes = strokes.cubics()
         return render_strokes(strokes.points, strokes.half_widths, strokes.opacities, height, width)
 
     def __repr__(self) -> str:
@@ -61,8 +69,13 @@ class DiffvgRenderer:
         self.num_samples = int(num_samples)
         self.seed = int(seed)
 
-    def _render_one(self, points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int) -> Tensor:
+    def _render_one(self, points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int,
+                    control_points_per_seg: int = 4) -> Tensor:
+        """points: [N, P, 2], one path of K = (P - 1) / (c - 1) segments per stroke (as CLIPasso's get_path)."""
         pydiffvg = self.pydiffvg
+        segments = (points.shape[1] - 1) // (control_points_per_seg - 1)
+        # diffvg counts the control points between a segment's ends: 2 cubic, 1 quadratic, 0 line.
+        inner = torch.full((segments,), control_points_per_seg - 2, dtype=torch.int32)
         device = points.device
         pydiffvg.set_use_gpu(device.type == "cuda")
         if device.type == "cuda":
@@ -71,7 +84,7 @@ class DiffvgRenderer:
         for i in range(points.shape[0]):
             shapes.append(
                 pydiffvg.Path(
-                    num_control_points=torch.tensor([2], dtype=torch.int32),
+                    num_control_points=inner,
                     points=points[i].float(),
                     stroke_width=half_widths[i].float(),
                     is_closed=False,
@@ -88,7 +101,8 @@ class DiffvgRenderer:
     def render(self, strokes: Strokes, height: int, width: int) -> Tensor:
         return torch.stack(
             [
-                self._render_one(strokes.points[k], strokes.half_widths[k], strokes.opacities[k], height, width)
+                self._render_one(strokes.points[k], strokes.half_widths[k], strokes.opacities[k], height, width,
+                                 strokes.control_points_per_seg)
                 for k in range(strokes.num_sketches)
             ]
         )
