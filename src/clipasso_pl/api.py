@@ -159,7 +159,11 @@ def build_logger(cfg: DictConfig, run_dir: Path):
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg, run_dir), default_root_dir=str(run_dir))
+    extra = {}
+    if int(cfg.get("num_stages", 1)) > 1:  # trainer.max_steps (${steps}) counts the steps of one stage
+        extra["max_steps"] = int(cfg.trainer.max_steps) * int(cfg.num_stages)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg, run_dir), default_root_dir=str(run_dir),
+                       **extra)
 
 
 def ensure_writable(run_dir: Path) -> None:

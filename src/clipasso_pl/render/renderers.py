@@ -32,16 +32,14 @@ class Renderer(Protocol):
 class TorchRenderer:
     """The pure-PyTorch renderer (default): :func:`render_strokes`, batched over sketches.
 
-    A stroke of several segments is drawn as its segments, each a cubic stroke with the
-    stroke's width and opacity, composited in order. diffvg draws such a path as one shape
-    (the union of its segments' bands); the two agree except on the pixels around a joint,
-    where both round ends overlap: there a stroke of opacity a < 1 is drawn twice
-    (1 - (1 - a c1)(1 - a c2) instead of a c), and anti-aliased edge pixels come out darker.
+    A stroke of K segments (quadratics and lines raised to cubics) is drawn as diffvg draws
+    a path: once, over the union of its segments' bands.
     """
 
     def render(self, strokes: Strokes, height: int, width: int) -> Tensor:
+        segments = strokes.num_segments
         strokes = strokes.cubics()
-        return render_strokes(strokes.points, strokes.half_widths, strokes.opacities, height, width)
+        return render_strokes(strokes.points, strokes.half_widths, strokes.opacities, height, width, segments)
 
     def __repr__(self) -> str:
         return "TorchRenderer()"
