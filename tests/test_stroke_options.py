@@ -259,3 +259,13 @@ def test_kill_and_resume_with_every_stroke_option(tmp_path):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     final, _ = read_strokes(whole / "seeds" / "seed0" / "final.svg")
     assert final.num_strokes == 8 and final.num_segments == 2 and (final.opacities < 1).any()
+
+
+def test_evaluation_reads_multi_segment_sketches(tmp_path):
+    from clipasso_pl.evaluate.runner import load_sketch
+
+    write_svg(tmp_path / "s.svg", TWO_SEGMENTS[None] * 2, torch.tensor([4.0]), torch.tensor([0.7]), 192, 192)
+    image = load_sketch(tmp_path / "s.svg", 96, TorchRenderer())
+    direct = TorchRenderer().render(Strokes(TWO_SEGMENTS[None, None], torch.tensor([[2.0]]), torch.tensor([[0.7]])), 96, 96)[0]
+    assert (image - direct).abs().max() < 1e-3 and (1 - image).sum() > 50
+    assert compose("evaluate", ["preset=smoke"], num_segments=2, force_sparse=True).num_segments == 2
