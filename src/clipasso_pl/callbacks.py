@@ -27,7 +27,12 @@ def seed_dir(trainer: pl.Trainer, seed: int) -> Path:
 
 def sketch_strokes(module: SketchModule, points: torch.Tensor, opacities: torch.Tensor | None = None,
                    count: int | None = None):
-    """One sketch as a batch of one: points [M, P, 2], opacities [M] (None: the module's rule), the first ``count``."""
+    """One sketch as a batch of one: points [M, P, 2], opacities [M] (None: the module's rule), the first ``count``.
+
+    Without opacities and count only ``module.strokes(points)`` is called, which the scene module also offers.
+    """
+    if opacities is None and count is None:
+        return module.strokes(points[None].to(module.points))
     return module.strokes(points[None].to(module.points), None if opacities is None else opacities[None], count)
 
 
@@ -47,7 +52,7 @@ def save_sketch(module: SketchModule, points: torch.Tensor, stem: Path, opacitie
 
 def seed_opacities(module: SketchModule) -> list:
     """Each seed's trained opacities [M] (force_sparse), else None per seed."""
-    if module.opacities is None:
+    if getattr(module, "opacities", None) is None:  # not trained (or the scene module)
         return [None] * len(module.seeds)
     return list(module.opacities.detach())
 
