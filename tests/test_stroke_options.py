@@ -113,7 +113,7 @@ def test_multi_segment_svg_agrees_with_resvg_and_round_trips(tmp_path, c, comman
     strokes = Strokes(pts[None], hw[None], op[None], c)
     mine = TorchRenderer().render(strokes, 96, 96)[0].permute(1, 2, 0).double().numpy()
     mae = np.abs(theirs - mine).mean()
-    assert mae <= 0.006, mae
+    assert mae <= 0.004, mae  # measured 0.0021 (C), 0.0021 (Q), 0.0009 (L); drawing segments as separate strokes: 0.0063, 0.0047, 0.0042
     # reading only the first segment of every stroke would be far off
     first = TorchRenderer().render(Strokes(pts[None, :, :c], hw[None], op[None], c), 96, 96)[0].permute(1, 2, 0).numpy()
     assert np.abs(theirs - first).mean() > 3 * mae
