@@ -53,6 +53,23 @@ def validate(cfg: DictConfig) -> None:
         raise ClipassoError(f"steps={cfg.steps}: run at least 1 step")
     if float(cfg.half_width) <= 0:
         raise ClipassoError(f"half_width={cfg.half_width} must be positive")
+    validate_strokes(cfg)
+
+
+def validate_strokes(cfg: DictConfig) -> None:
+    """The stroke options of the official code: segments, sparse opacity, stages."""
+    if int(cfg.get("num_segments", 1)) < 1:
+        raise ClipassoError(f"num_segments={cfg.num_segments}: a stroke needs at least 1 segment")
+    if int(cfg.get("control_points_per_seg", 4)) not in (2, 3, 4):
+        raise ClipassoError(f"control_points_per_seg={cfg.control_points_per_seg}: use 4 (cubic), 3 (quadratic) or 2 (lines)")
+    if float(cfg.get("color_lr", 0.01)) <= 0:
+        raise ClipassoError(f"color_lr={cfg.color_lr} must be positive")
+    if not 0 <= float(cfg.get("color_vars_threshold", 0.0)) <= 1:
+        raise ClipassoError(f"color_vars_threshold={cfg.color_vars_threshold} must be in [0, 1] (0: off)")
+    if int(cfg.get("num_stages", 1)) < 1:
+        raise ClipassoError(f"num_stages={cfg.num_stages}: run at least 1 stage")
+    if int(cfg.get("num_stages", 1)) > 1 and cfg.get("path_svg"):
+        raise ClipassoError("path_svg with num_stages > 1 is not supported: start from the SVG with num_stages=1")
 
 
 def target_path(cfg: DictConfig) -> Path:
@@ -69,15 +86,34 @@ def build_clip(clip_cfg: DictConfig, device: torch.device | str = "cpu"):
     return features.to(device), loss
 
 
+def path_svg_strokes(cfg: DictConfig):
+    """The strokes of ``path_svg`` scaled to the canvas (a batch of one), checked against the stroke options."""
+    from .strokes import read_strokes
+
+    strokes, (h, w) = read_strokes(cfg.path_svg, num_strokes=int(cfg.strokes))
+    k, c = int(cfg.get("num_segments", 1)), int(cfg.get("control_points_per_seg", 4))
+    if (strokes.num_segments, strokes.control_points_per_seg) != (k, c):
+        raise ClipassoError(
+            f"path_svg {cfg.path_svg} has strokes of {strokes.num_segments} segment(s) of {strokes.control_points_per_seg} "
+            f"points but num_segments={k} control_points_per_seg={c}: set num_segments={strokes.num_segments} "
+            f"control_points_per_seg={strokes.control_points_per_seg}"
+        )
+    strokes.points = strokes.points * torch.tensor([cfg.canvas / w, cfg.canvas / h])
+    return strokes
+
+
 def initial_points(cfg: DictConfig) -> torch.Tensor | None:
-    """Points [S, N, 4, 2] from ``path_svg`` (the same strokes for every seed), or None."""
+    """Points [S, N, P, 2] from ``path_svg`` (the same strokes for every seed), or None."""
     if not cfg.path_svg:
         return None
-    from .strokes import read_svg
+    return path_svg_strokes(cfg).points.expand(len(cfg.seeds), -1, -1, -1).clone()
 
-    points, _, _, (h, w) = read_svg(cfg.path_svg, num_strokes=int(cfg.strokes))
-    scale = torch.tensor([cfg.canvas / w, cfg.canvas / h])
-    return (points * scale).expand(len(cfg.seeds), -1, -1, -1).clone()
+
+def initial_opacities(cfg: DictConfig) -> torch.Tensor | None:
+    """With force_sparse, the stroke opacities of ``path_svg`` [S, N] (trained from there), else None."""
+    if not cfg.path_svg or not cfg.get("force_sparse", False):
+        return None
+    return path_svg_strokes(cfg).opacities.expand(len(cfg.seeds), -1).clone()
 
 
 def build_module(cfg: DictConfig, target: torch.Tensor):
@@ -98,7 +134,20 @@ def build_module(cfg: DictConfig, target: torch.Tensor):
         eval_interval=int(cfg.eval_interval),
         initial_points=initial_points(cfg),
         max_nonfinite=int(cfg.get("max_nonfinite", 10)),
+        num_segments=int(cfg.get("num_segments", 1)),
+        control_points_per_seg=int(cfg.get("control_points_per_seg", 4)),
+        force_sparse=bool(cfg.get("force_sparse", False)),
+        color_lr=float(cfg.get("color_lr", 0.01)),
+        color_vars_threshold=float(cfg.get("color_vars_threshold", 0.0)),
+        num_stages=int(cfg.get("num_stages", 1)),
+        stage_steps=int(cfg.steps),
+        initial_opacities=initial_opacities(cfg),
     )
+
+
+def total_steps(cfg: DictConfig) -> int:
+    """Steps of the whole run: ``steps`` per stage."""
+    return int(cfg.steps) * int(cfg.get("num_stages", 1))
 
 
 def build_logger(cfg: DictConfig, run_dir: Path):
@@ -110,7 +159,11 @@ def build_logger(cfg: DictConfig, run_dir: Path):
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg, run_dir), default_root_dir=str(run_dir))
+    extra = {}
+    if int(cfg.get("num_stages", 1)) > 1:  # trainer.max_steps (${steps}) counts the steps of one stage
+        extra["max_steps"] = int(cfg.trainer.max_steps) * int(cfg.num_stages)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg, run_dir), default_root_dir=str(run_dir),
+                       **extra)
 
 
 def ensure_writable(run_dir: Path) -> None:
@@ -184,7 +237,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     started = datetime.now().isoformat(timespec="milliseconds")
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=step_loader(int(cfg.steps)), ckpt_path=ckpt)
+    trainer.fit(module, train_dataloaders=step_loader(total_steps(cfg)), ckpt_path=ckpt)
     wall = time.perf_counter() - start
     best = next((c for c in callbacks if isinstance(c, BestSketch)), None)
     steps_run = int(trainer.global_step)

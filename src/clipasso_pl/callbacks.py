@@ -25,12 +25,36 @@ def seed_dir(trainer: pl.Trainer, seed: int) -> Path:
     return run_dir(trainer) / "seeds" / f"seed{seed}"
 
 
-def save_sketch(module: SketchModule, points: torch.Tensor, stem: Path) -> None:
-    """Write ``stem``.svg and ``stem``.png for one sketch. points: [N, 4, 2]."""
-    strokes = module.strokes(points[None].to(module.points))
-    write_svg(stem.with_suffix(".svg"), points, strokes.half_widths[0], strokes.opacities[0], module.height, module.width)
+def sketch_strokes(module: SketchModule, points: torch.Tensor, opacities: torch.Tensor | None = None,
+                   count: int | None = None):
+    """One sketch as a batch of one: points [M, P, 2], opacities [M] (None: the module's rule), the first ``count``.
+
+    Without opacities and count only ``module.strokes(points)`` is called, which the scene module also offers.
+    """
+    if opacities is None and count is None:
+        return module.strokes(points[None].to(module.points))
+    return module.strokes(points[None].to(module.points), None if opacities is None else opacities[None], count)
+
+
+def write_sketch_svg(module: SketchModule, strokes, stem: Path) -> None:
+    write_svg(stem.with_suffix(".svg"), strokes.points[0], strokes.half_widths[0], strokes.opacities[0],
+              module.height, module.width, strokes.control_points_per_seg)
+
+
+def save_sketch(module: SketchModule, points: torch.Tensor, stem: Path, opacities: torch.Tensor | None = None,
+                count: int | None = None) -> None:
+    """Write ``stem``.svg and ``stem``.png for one sketch. points: [M, P, 2]; opacities: [M] or None (all 1)."""
+    strokes = sketch_strokes(module, points, opacities, count)
+    write_sketch_svg(module, strokes, stem)
     with torch.no_grad():
-        save_png(stem.with_suffix(".png"), module.render(points[None].to(module.points))[0])
+        save_png(stem.with_suffix(".png"), module.renderer.render(strokes, module.height, module.width)[0])
+
+
+def seed_opacities(module: SketchModule) -> list:
+    """Each seed's trained opacities [M] (force_sparse), else None per seed."""
+    if getattr(module, "opacities", None) is None:  # not trained (or the scene module)
+        return [None] * len(module.seeds)
+    return list(module.opacities.detach())
 
 
 class SaliencyInit(pl.Callback):
@@ -84,19 +108,18 @@ class SketchSnapshot(pl.Callback):
         step = trainer.global_step
         if trainer.global_rank != 0 or self.save_interval <= 0 or step % self.save_interval:
             return
-        for seed, pts in zip(module.seeds, module.points.detach()):
+        for seed, pts, ops in zip(module.seeds, module.points.detach(), seed_opacities(module)):
             stem = seed_dir(trainer, seed) / "snapshots" / f"step{step:05d}"
             if self.png:
-                save_sketch(module, pts, stem)
+                save_sketch(module, pts, stem, ops)
             else:
-                s = module.strokes(pts[None])
-                write_svg(stem.with_suffix(".svg"), pts, s.half_widths[0], s.opacities[0], module.height, module.width)
+                write_sketch_svg(module, sketch_strokes(module, pts, ops), stem)
 
     def on_fit_end(self, trainer, module: SketchModule) -> None:
         if trainer.global_rank != 0:
             return
-        for seed, pts in zip(module.seeds, module.points.detach()):
-            save_sketch(module, pts, seed_dir(trainer, seed) / "final")
+        for seed, pts, ops in zip(module.seeds, module.points.detach(), seed_opacities(module)):
+            save_sketch(module, pts, seed_dir(trainer, seed) / "final", ops)
 
 
 class BestSketch(pl.Callback):
@@ -109,7 +132,9 @@ class BestSketch(pl.Callback):
     def __init__(self) -> None:
         self.best_loss: torch.Tensor | None = None  # [S]
         self.best_step: torch.Tensor | None = None  # [S]
-        self.best_points: torch.Tensor | None = None  # [S, N, 4, 2]
+        self.best_points: torch.Tensor | None = None  # [S, M, P, 2]
+        self.best_opacities: torch.Tensor | None = None  # [S, M] with force_sparse, else None
+        self.best_count: torch.Tensor | None = None  # [S] strokes drawn at the best step (num_stages)
 
     def on_train_batch_end(self, trainer, module: SketchModule, outputs, batch, batch_idx) -> None:
         record = module.last_eval
@@ -120,10 +145,23 @@ class BestSketch(pl.Callback):
             self.best_loss = torch.full_like(loss, float("inf"))
             self.best_step = torch.full(loss.shape, -1, dtype=torch.long)
             self.best_points = record.points.detach().cpu().clone()
+            if record.opacities is not None:
+                self.best_opacities = record.opacities.detach().cpu().clone()
+            if record.count is not None:
+                self.best_count = torch.full(loss.shape, int(record.count), dtype=torch.long)
         better = loss < self.best_loss
         self.best_loss = torch.where(better, loss, self.best_loss)
         self.best_step = torch.where(better, torch.full_like(self.best_step, record.step), self.best_step)
         self.best_points[better] = record.points.detach().cpu()[better]
+        if self.best_opacities is not None and record.opacities is not None:
+            self.best_opacities[better] = record.opacities.detach().cpu()[better]
+        if self.best_count is not None and record.count is not None:
+            self.best_count[better] = int(record.count)
+
+    def best_strokes(self, index: int) -> dict:
+        """save_sketch's keywords for seed ``index``'s best: its opacities and stroke count."""
+        return {"opacities": None if self.best_opacities is None else self.best_opacities[index],
+                "count": None if self.best_count is None else int(self.best_count[index])}
 
     @property
     def best_seed_index(self) -> int:
@@ -146,9 +184,10 @@ class BestSketch(pl.Callback):
     def write(self, trainer, module: SketchModule) -> None:
         if trainer.global_rank != 0 or self.best_loss is None:
             return
-        for seed, pts in zip(module.seeds, self.best_points):
-            save_sketch(module, pts, seed_dir(trainer, seed) / "best")
-        save_sketch(module, self.best_points[self.best_seed_index], run_dir(trainer) / "best")
+        for i, (seed, pts) in enumerate(zip(module.seeds, self.best_points)):
+            save_sketch(module, pts, seed_dir(trainer, seed) / "best", **self.best_strokes(i))
+        i = self.best_seed_index
+        save_sketch(module, self.best_points[i], run_dir(trainer) / "best", **self.best_strokes(i))
 
     def on_fit_end(self, trainer, module) -> None:
         self.write(trainer, module)
@@ -162,12 +201,15 @@ class BestSketch(pl.Callback):
         self.write(trainer, module)
 
     def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "best_step": self.best_step, "best_points": self.best_points}
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "best_points": self.best_points,
+                "best_opacities": self.best_opacities, "best_count": self.best_count}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_loss = state_dict["best_loss"]
         self.best_step = state_dict["best_step"]
         self.best_points = state_dict["best_points"]
+        self.best_opacities = state_dict.get("best_opacities")
+        self.best_count = state_dict.get("best_count")
 
 
 class EvalEarlyStopping(pl.Callback):
@@ -288,7 +330,9 @@ class WandbMedia(pl.Callback):
         if run is None or best is None or best.best_points is None or trainer.global_rank != 0:
             return
         with torch.no_grad():
-            sketches = module.render(best.best_points.to(module.points))
+            sketches = torch.cat([module.renderer.render(sketch_strokes(module, pts, **best.best_strokes(i)),
+                                                         module.height, module.width)
+                                  for i, pts in enumerate(best.best_points)])
         self._images(trainer, "images/best", list(sketches),
                      [f"seed {s}: eval loss {l:.4f} at step {int(t)}"
                       for s, l, t in zip(module.seeds, best.best_loss.tolist(), best.best_step)])

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ClipassoError
-from .strokes import Strokes
+from .strokes import Strokes, points_per_stroke
 
 
 class StepDataset(Dataset):
@@ -41,21 +41,34 @@ class EvalRecord:
     """The eval loss at one step, taken before that step's update.
 
     terms: per-seed values [S] of every named loss term (``loss`` is the total).
-    points: the control points that were evaluated [S, N, 4, 2].
+    points: the control points that were evaluated [S, M, P, 2] (M = strokes x num_stages).
+    opacities: the trained opacities [S, M] (force_sparse), else None (all 1).
+    count: how many of the M strokes were drawn (the strokes of the stages reached).
     """
 
     step: int
     terms: dict[str, Tensor]
     points: Tensor
     active: Tensor | None = None
+    opacities: Tensor | None = None
+    count: int | None = None
 
 
 class SketchModule(pl.LightningModule):
-    """Optimises ``points: [S, N, 4, 2]`` (pixels) for S seeds of one target.
+    """Optimises ``points: [S, M, P, 2]`` (pixels) for S seeds of one target.
 
     target: [3, H, W] in [0, 1]; clip: a ``ClipFeatures``; loss: a ``ClipassoLoss``;
     augment: a ``JointAugment``; renderer: a ``Renderer``; init: a ``StrokeInit``
     (used when no ``initial_points`` are given).
+
+    Options of the official code: a stroke is ``num_segments`` segments of
+    ``control_points_per_seg`` points (P = K (c - 1) + 1; the default, one cubic, is P = 4).
+    ``force_sparse`` trains each stroke's opacity ``opacities: [S, M]`` with its own Adam
+    group (``color_lr``), clamped to [0, 1] after every step; ``color_vars_threshold`` > 0
+    then sets each opacity to 1 at or above it and to 0 below (the official line, which is
+    commented out there, so 0 = off). ``num_stages`` > 1 trains ``strokes`` strokes for
+    ``stage_steps`` steps, then adds ``strokes`` more and trains only those (a fresh Adam),
+    and so on: M = strokes x num_stages, all start points drawn at once as the official does.
     """
 
     def __init__(
@@ -73,6 +86,14 @@ class SketchModule(pl.LightningModule):
         eval_interval: int = 10,
         initial_points: Tensor | None = None,
         max_nonfinite: int = 10,
+        num_segments: int = 1,
+        control_points_per_seg: int = 4,
+        force_sparse: bool = False,
+        color_lr: float = 0.01,
+        color_vars_threshold: float = 0.0,
+        num_stages: int = 1,
+        stage_steps: int = 0,
+        initial_opacities: Tensor | None = None,
     ):
         super().__init__()
         if strokes < 1:
@@ -83,6 +104,15 @@ class SketchModule(pl.LightningModule):
         self.lr = lr
         self.eval_interval = eval_interval
         self.max_nonfinite = max_nonfinite
+        self.num_segments = int(num_segments)
+        self.control_points_per_seg = int(control_points_per_seg)
+        self.force_sparse = bool(force_sparse)
+        self.color_lr = float(color_lr)
+        self.color_vars_threshold = float(color_vars_threshold)
+        self.num_stages = int(num_stages)
+        self.stage_steps = int(stage_steps)
+        if self.num_stages > 1 and self.stage_steps < 1:
+            raise ValueError("num_stages > 1 needs stage_steps >= 1")
         self.clip = clip.requires_grad_(False).eval()
         self.loss_fn = loss
         self.augment = augment
@@ -91,7 +121,10 @@ class SketchModule(pl.LightningModule):
         self.height, self.width = target.shape[-2:]
         S = len(self.seeds)
         self.register_buffer("target", target[None].float())
-        self.points = nn.Parameter(torch.zeros(S, strokes, 4, 2))
+        total = strokes * self.num_stages
+        self.points = nn.Parameter(torch.zeros(S, total, points_per_stroke(self.num_segments, self.control_points_per_seg), 2))
+        # Only a parameter with force_sparse, so the default run's state and optimiser are unchanged.
+        self.opacities = nn.Parameter(torch.ones(S, total)) if self.force_sparse else None
         self.register_buffer("active", torch.ones(S, dtype=torch.bool))
         self.register_buffer("initialized", torch.tensor(False))
         # Non-finite steps: skipped, counted, and fatal after max_nonfinite in a row.
@@ -102,6 +135,8 @@ class SketchModule(pl.LightningModule):
                 raise ValueError(f"initial_points must be {tuple(self.points.shape)}, got {tuple(initial_points.shape)}")
             self.points.data.copy_(initial_points)
             self.initialized.fill_(True)
+        if initial_opacities is not None and self.opacities is not None:
+            self.opacities.data.copy_(initial_opacities.expand_as(self.opacities).clamp(0, 1))
         # One generator per seed: its init draws come first, then its augmentation draws.
         self.generators = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
         self.augment_generators = self.generators
@@ -127,7 +162,10 @@ class SketchModule(pl.LightningModule):
     # ------------------------------------------------------------------ init
     def initialize(self) -> list:
         """Draw initial strokes for every seed with its own generator; returns the InitResults."""
-        results = [self.init(self.target[0].cpu(), self.num_strokes, g) for g in self.generators]
+        total, num_points = self.points.shape[1:3]
+        # All stages' starts in one draw without replacement, as the official code samples them.
+        extra = {} if num_points == 4 else {"num_points": num_points}
+        results = [self.init(self.target[0].cpu(), total, g, **extra) for g in self.generators]
         with torch.no_grad():
             self.points.copy_(torch.stack([r.points for r in results]).to(self.points))
         self.initialized.fill_(True)
@@ -146,12 +184,36 @@ class SketchModule(pl.LightningModule):
             self.initialize()
 
     # ------------------------------------------------------------- rendering
-    def strokes(self, points: Tensor | None = None) -> Strokes:
-        return Strokes.constant(self.points if points is None else points, self.half_width)
+    def stage(self, step: int | None = None) -> int:
+        """The stage (0-based) that ``step`` (default: the current step) belongs to."""
+        if self.num_stages == 1:
+            return 0
+        step = int(self.global_step) if step is None else int(step)
+        return min(step // self.stage_steps, self.num_stages - 1)
 
-    def render(self, points: Tensor | None = None) -> Tensor:
+    def visible_strokes(self, step: int | None = None) -> int:
+        """How many strokes are drawn at ``step``: those of the stages reached so far."""
+        return self.num_strokes * (self.stage(step) + 1)
+
+    def strokes(self, points: Tensor | None = None, opacities: Tensor | None = None, count: int | None = None) -> Strokes:
+        """The first ``count`` strokes (default: those drawn now) of the current (or given) points [S, M, P, 2];
+        ``opacities`` [S, M] default to the trained ones with force_sparse when ``points`` is None, else 1."""
+        if points is None:
+            points = self.points
+            if opacities is None and self.opacities is not None:
+                opacities = self.opacities
+        count = self.visible_strokes() if count is None else int(count)
+        if count != points.shape[1]:
+            points = points[:, :count]
+            opacities = None if opacities is None else opacities[:, :count]
+        if opacities is None:
+            return Strokes.constant(points, self.half_width, control_points_per_seg=self.control_points_per_seg)
+        return Strokes(points, points.new_full(points.shape[:2], self.half_width), opacities.to(points),
+                       self.control_points_per_seg)
+
+    def render(self, points: Tensor | None = None, opacities: Tensor | None = None, count: int | None = None) -> Tensor:
         """Sketch pixels [S, 3, H, W] of the current (or given) control points."""
-        return self.renderer.render(self.strokes(points), self.height, self.width)
+        return self.renderer.render(self.strokes(points, opacities, count), self.height, self.width)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, sketches: Tensor) -> dict[str, Tensor]:
@@ -168,7 +230,8 @@ class SketchModule(pl.LightningModule):
             self._target_eval_feats = {k: v.expand(len(self.seeds), *v.shape[1:]) for k, v in self.clip(self.target).items()}
         terms = self.loss_fn(self.clip(self.render()), self._target_eval_feats, len(self.seeds))
         return EvalRecord(int(self.global_step), {k: v.detach() for k, v in terms.items()},
-                          self.points.detach().clone(), self.active.clone())
+                          self.points.detach().clone(), self.active.clone(),
+                          None if self.opacities is None else self.opacities.detach().clone(), self.visible_strokes())
 
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
@@ -185,6 +248,8 @@ class SketchModule(pl.LightningModule):
             self.skip_nonfinite(step, "loss", terms)
             return None
         self.log("train/loss", self.last_train["loss"].mean(), prog_bar=True)
+        if self.opacities is not None:
+            self.log("train/opacity_mean", self.opacities.detach()[:, : self.visible_strokes()].mean())
         return total
 
     def skip_nonfinite(self, step: int, what: str, terms: dict[str, Tensor]) -> None:
@@ -204,20 +269,43 @@ class SketchModule(pl.LightningModule):
         if loss is None:  # non-finite loss, already counted
             optimizer.zero_grad()
             return
-        grad = self.points.grad
-        if grad is not None and not bool(torch.isfinite(grad).all()):
+        trained = [p for p in (self.points, self.opacities) if p is not None]
+        if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in trained):
             optimizer.zero_grad()
             self.skip_nonfinite(int(self.global_step), "gradient", self.last_train)
             return
         self.nonfinite_in_row.zero_()
+        if self.num_stages > 1:
+            self.freeze_earlier_stages(optimizer)
         frozen = ~self.active
         kept = self.points.detach()[frozen].clone()
+        kept_opacities = None if self.opacities is None else self.opacities.detach()[frozen].clone()
         optimizer.step()
+        if self.opacities is not None:
+            with torch.no_grad():  # the official code clamps the stroke colour before every render
+                self.opacities.clamp_(0.0, 1.0)
+                if self.color_vars_threshold > 0:
+                    self.opacities.copy_((self.opacities >= self.color_vars_threshold).to(self.opacities))
         if frozen.any():  # Adam's momentum would keep moving stopped seeds
             with torch.no_grad():
                 self.points[frozen] = kept
+                if kept_opacities is not None:
+                    self.opacities[frozen] = kept_opacities
+
+    def freeze_earlier_stages(self, optimizer) -> None:
+        """In stage k only the strokes added in stage k move; its first step starts a fresh Adam."""
+        step = int(self.global_step)
+        stage = self.stage(step)
+        first = stage * self.num_strokes
+        if stage > 0 and step == stage * self.stage_steps:
+            getattr(optimizer, "optimizer", optimizer).state.clear()
+        for p in (self.points, self.opacities):
+            if p is not None and p.grad is not None:
+                p.grad[:, :first] = 0  # with a fresh Adam, a zero gradient moves nothing
 
     def configure_optimizers(self):
+        if self.opacities is not None:  # one Adam, two groups: the same updates as the official two Adams
+            return torch.optim.Adam([{"params": [self.points]}, {"params": [self.opacities], "lr": self.color_lr}], lr=self.lr)
         return torch.optim.Adam([self.points], lr=self.lr)
 
     def on_train_start(self) -> None:

@@ -89,11 +89,12 @@ def run_jobs(cfg: DictConfig, jobs: list[Job]) -> dict[str, int]:
 def load_sketch(path: Path, canvas: int, renderer) -> torch.Tensor:
     """A sketch file as [3, canvas, canvas] in [0, 1]: SVGs are drawn by the core renderer."""
     if path.suffix.lower() == ".svg":
-        from ..strokes import Strokes, read_svg
+        from ..strokes import Strokes, read_strokes
 
-        points, half_widths, opacities, (h, w) = read_svg(path)
+        read, (h, w) = read_strokes(path)  # any number of segments per stroke, cubic, quadratic or lines
         scale = torch.tensor([canvas / w, canvas / h])
-        strokes = Strokes(points[None] * scale, half_widths[None] * canvas / max(h, w), opacities[None])
+        strokes = Strokes(read.points * scale, read.half_widths * canvas / max(h, w), read.opacities,
+                          read.control_points_per_seg)
         with torch.no_grad():
             return renderer.render(strokes, canvas, canvas)[0].detach().cpu().clamp(0, 1)
     return load_target(path, size=canvas, fix_scale=True, what="sketch")

@@ -19,7 +19,7 @@ MODES = ("saliency_xdog", "saliency", "random")
 class InitResult:
     """Initial strokes for one seed.
 
-    points: Tensor  # [N, 4, 2] float32 pixels, cubic Bézier control points
+    points: Tensor  # [N, P, 2] float32 pixels, the control points of each stroke (P = 4: one cubic)
     starts: Tensor  # [N, 2] (x, y) pixels, the first control point of each stroke
     saliency: Tensor | None  # [H, W] in [0, 1]; None for mode=random
     probability: Tensor | None  # [H, W], sums to 1; None for mode=random
@@ -99,10 +99,12 @@ class StrokeInit:
         self._maps = (target.detach().cpu().clone(), saliency, probability)
         return saliency, probability
 
-    def __call__(self, target: Tensor, num_strokes: int, generator: torch.Generator) -> InitResult:
-        """target: Tensor  # [3, H, W] in [0, 1] -> InitResult with N = num_strokes strokes.
+    def __call__(self, target: Tensor, num_strokes: int, generator: torch.Generator, num_points: int = 4) -> InitResult:
+        """target: Tensor  # [3, H, W] in [0, 1] -> InitResult with N = num_strokes strokes of ``num_points`` points.
 
-        Draw order from ``generator``: start points, then the random-walk offsets.
+        Draw order from ``generator``: start points, then the random-walk offsets. A stroke of
+        K segments of c points has num_points = K (c - 1) + 1: the official code continues the
+        same walk through every segment (each segment starts where the last one ended).
         """
         H, W = target.shape[-2:]
         saliency = probability = None
@@ -112,7 +114,7 @@ class StrokeInit:
             saliency, probability = self.maps(target)
             starts = sample_start_points(probability, num_strokes, generator)
         # Half the window per side: the reference's step is radius * (U - 0.5) (see class doc).
-        points = random_walk(starts, 0.5 * self.radius * max(H, W), generator)
+        points = random_walk(starts, 0.5 * self.radius * max(H, W), generator, num_points=num_points)
         return InitResult(
             points=points.float(),
             starts=starts.float(),

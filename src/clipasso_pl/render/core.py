@@ -335,16 +335,43 @@ class _LogTransmittance(torch.autograd.Function):
         return grad_k.T, grad_r, grad_a, None, None, None, None, None, None
 
 
-def render_strokes(points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int) -> Tensor:
+def _nearest_segment(k: Tensor, stroke: Tensor, pixel: Tensor, t: Tensor, cx: Tensor, cy: Tensor,
+                     segments: int, num_pixels: int) -> Tensor:
+    """Mask [M] keeping, for every (path, pixel), only the pair of the path's nearest segment.
+
+    A path is ``segments`` consecutive strokes; its band is the union of theirs, whose
+    distance to a pixel centre is the least of the segments' distances (ties: the first).
+    """
+    x0, x1, x2, x3, y0, y1, y2, y3 = k[:, stroke].unbind(0)
+    dx = cx - (x0 + t * (x1 + t * (x2 + t * x3)))
+    dy = cy - (y0 + t * (y1 + t * (y2 + t * y3)))
+    d2 = dx * dx + dy * dy
+    group = torch.div(stroke, segments, rounding_mode="floor") * num_pixels + pixel
+    _, inv = torch.unique(group, return_inverse=True)
+    groups = int(inv.max()) + 1 if inv.numel() else 0
+    least = torch.full((groups,), float("inf"), dtype=d2.dtype, device=d2.device).scatter_reduce(0, inv, d2, "amin")
+    pair = torch.arange(inv.numel(), device=inv.device)
+    near = d2 <= least[inv]
+    first = torch.full((groups,), inv.numel(), dtype=torch.long, device=inv.device)
+    first = first.scatter_reduce(0, inv[near], pair[near], "amin")
+    return first[inv] == pair
+
+
+def render_strokes(points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int,
+                   segments: int = 1) -> Tensor:
     """Rasterize S sketches of N black cubic Bézier strokes over a white canvas.
 
     points: Tensor       # [S, N, 4, 2] control points P0..P3, pixels (x, y)
     half_widths: Tensor  # [S, N] pixels (diffvg's stroke_width)
     opacities: Tensor    # [S, N] in [0, 1]
+    segments: int        # consecutive strokes that form one path (N a multiple of it)
     returns: Tensor      # [S, 3, H, W] in [0, 1], the same value in every channel
 
     Strokes are composited "over" in index order; for black strokes the result is
-    prod_i (1 - opacity_i * coverage_i). Differentiable w.r.t. all three inputs.
+    prod_i (1 - opacity_i * coverage_i). With ``segments`` = K > 1, every K consecutive
+    strokes are the segments of one path (the same width and opacity), drawn as diffvg
+    draws a path: once, covering the union of its segments' bands (each pixel takes the
+    coverage of its nearest segment). Differentiable w.r.t. all three inputs.
     """
     _check_shapes(points, half_widths, opacities, height, width)
     height, width = int(height), int(width)
@@ -360,6 +387,9 @@ def render_strokes(points: Tensor, half_widths: Tensor, opacities: Tensor, heigh
         cx = (pixel % width).to(dtype) + 0.5
         cy = torch.div(pixel, width, rounding_mode="floor").to(dtype) + 0.5
         t = _newton(k.detach()[:, stroke], cx, cy, t)
+        if segments > 1:
+            keep = _nearest_segment(k.detach(), stroke, pixel, t, cx, cy, int(segments), height * width)
+            stroke, pixel, t, cx, cy = stroke[keep], pixel[keep], t[keep], cx[keep], cy[keep]
         index = torch.div(stroke, n, rounding_mode="floor") * (height * width) + pixel
 
     log_image = _LogTransmittance.apply(k, r, alpha, stroke, index, t, cx, cy, s * height * width)

@@ -30,10 +30,16 @@ class Renderer(Protocol):
 
 
 class TorchRenderer:
-    """The pure-PyTorch renderer (default): :func:`render_strokes`, batched over sketches."""
+    """The pure-PyTorch renderer (default): :func:`render_strokes`, batched over sketches.
+
+    A stroke of K segments (quadratics and lines raised to cubics) is drawn as diffvg draws
+    a path: once, over the union of its segments' bands.
+    """
 
     def render(self, strokes: Strokes, height: int, width: int) -> Tensor:
-        return render_strokes(strokes.points, strokes.half_widths, strokes.opacities, height, width)
+        segments = strokes.num_segments
+        strokes = strokes.cubics()
+        return render_strokes(strokes.points, strokes.half_widths, strokes.opacities, height, width, segments)
 
     def __repr__(self) -> str:
         return "TorchRenderer()"
@@ -61,8 +67,13 @@ class DiffvgRenderer:
         self.num_samples = int(num_samples)
         self.seed = int(seed)
 
-    def _render_one(self, points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int) -> Tensor:
+    def _render_one(self, points: Tensor, half_widths: Tensor, opacities: Tensor, height: int, width: int,
+                    control_points_per_seg: int = 4) -> Tensor:
+        """points: [N, P, 2], one path of K = (P - 1) / (c - 1) segments per stroke (as CLIPasso's get_path)."""
         pydiffvg = self.pydiffvg
+        segments = (points.shape[1] - 1) // (control_points_per_seg - 1)
+        # diffvg counts the control points between a segment's ends: 2 cubic, 1 quadratic, 0 line.
+        inner = torch.full((segments,), control_points_per_seg - 2, dtype=torch.int32)
         device = points.device
         pydiffvg.set_use_gpu(device.type == "cuda")
         if device.type == "cuda":
@@ -71,7 +82,7 @@ class DiffvgRenderer:
         for i in range(points.shape[0]):
             shapes.append(
                 pydiffvg.Path(
-                    num_control_points=torch.tensor([2], dtype=torch.int32),
+                    num_control_points=inner,
                     points=points[i].float(),
                     stroke_width=half_widths[i].float(),
                     is_closed=False,
@@ -88,7 +99,8 @@ class DiffvgRenderer:
     def render(self, strokes: Strokes, height: int, width: int) -> Tensor:
         return torch.stack(
             [
-                self._render_one(strokes.points[k], strokes.half_widths[k], strokes.opacities[k], height, width)
+                self._render_one(strokes.points[k], strokes.half_widths[k], strokes.opacities[k], height, width,
+                                 strokes.control_points_per_seg)
                 for k in range(strokes.num_sketches)
             ]
         )
