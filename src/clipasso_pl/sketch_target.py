@@ -94,5 +94,6 @@ def load_sketch_target(path: str | Path, size: int = 224, fix_scale: bool = True
     if found is None:
         return SketchTarget(image)
     grey = Image.fromarray(found.numpy().astype(np.uint8) * 255, mode="L")
-    placed = to_square(grey, size, fix_scale, official_padding, Image.Resampling.BILINEAR, 0)
-    return SketchTarget(image, torch.from_numpy(np.asarray(placed) > 127))
+    placed = torch.from_numpy(np.asarray(to_square(grey, size, fix_scale, official_padding, Image.Resampling.BILINEAR, 0)) > 127)
+    # Resampling blends a little object colour across the border: every pixel outside the placed mask is white.
+    return SketchTarget(torch.where(placed, image, torch.ones_like(image)), placed)
