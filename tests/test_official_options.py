@@ -209,7 +209,7 @@ def test_text_term_is_in_the_loss_and_its_gradient_reaches_the_points():
 def test_text_term_is_logged_as_its_own_term(tmp_path):
     run_sketch(smoke(text_target="a cat", clip_text_guide=1.0, logger="csv", steps=4, eval_interval=2), tmp_path)
     logged = metrics(tmp_path)
-    assert [s for s, _ in logged["train/text"]] == [0, 1, 2, 3] and [s for s, _ in logged["eval/text"]] == [0, 2]
+    assert [s for s, _ in logged["train/text"]] == [0, 1, 2, 3] and {0, 2} <= {s for s, _ in logged["eval/text"]}
     assert all(0 < v < 2 * 2 for _, v in logged["train/text"])  # a sum over 2 views of 1 - cos
 
 
@@ -349,7 +349,7 @@ def test_progress_is_logged_to_wandb_as_a_video(tmp_path):
     import wandb
 
     result = run_sketch(smoke(steps=4, save_interval=2, logger="wandb"), tmp_path / "wb")
-    wandb.finish(quiet=True)
+    wandb.finish()
     videos = list((result.run_dir / "wandb").glob("offline-run-*/files/media/videos/progress_*.gif"))
     assert len(videos) == 1 and videos[0].read_bytes() == (result.run_dir / "progress.gif").read_bytes()
 
