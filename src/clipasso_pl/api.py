@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ClipassoError
-from .images import atomic_write_text, load_target, resolve_target, save_png
+from .images import atomic_write_text, resolve_target, save_png
+from .sketch_target import load_sketch_target
 
 
 @dataclass
@@ -54,6 +55,7 @@ def validate(cfg: DictConfig) -> None:
     if float(cfg.half_width) <= 0:
         raise ClipassoError(f"half_width={cfg.half_width} must be positive")
     validate_strokes(cfg)
+    validate_official_options(cfg)
 
 
 def validate_strokes(cfg: DictConfig) -> None:
@@ -72,6 +74,19 @@ def validate_strokes(cfg: DictConfig) -> None:
         raise ClipassoError("path_svg with num_stages > 1 is not supported: start from the SVG with num_stages=1")
 
 
+def validate_official_options(cfg: DictConfig) -> None:
+    """The options from the official code (README "Options from the official code")."""
+    if float(cfg.get("clip_text_guide") or 0) and not cfg.get("text_target"):
+        raise ClipassoError(f"clip_text_guide={cfg.clip_text_guide} needs a prompt: pass text_target=\"a cat\" "
+                            "(or clip_text_guide=0)")
+    if cfg.get("mask_object_attention") and not (cfg.get("mask") or cfg.get("mask_object")):
+        raise ClipassoError("mask_object_attention=true needs an object mask: pass mask=<mask image> or mask_object=true")
+    if cfg.get("mask") and not Path(str(cfg.mask)).is_file():
+        raise ClipassoError(f"mask={cfg.mask} does not exist: pass mask=<mask image> (white = object)")
+    if int(cfg.get("lr_warmup_steps") or 0) < 0:
+        raise ClipassoError(f"lr_warmup_steps={cfg.lr_warmup_steps} must be >= 0")
+
+
 def target_path(cfg: DictConfig) -> Path:
     return resolve_target(cfg.target)
 
@@ -82,7 +97,8 @@ def build_clip(clip_cfg: DictConfig, device: torch.device | str = "cpu"):
     from .losses import ClipassoLoss
 
     features = ClipFeatures(clip_cfg.model, clip_cfg.pretrained)
-    loss = ClipassoLoss(list(clip_cfg.conv_layer_weights), float(clip_cfg.fc_weight), layer_names=features.layer_names)
+    loss = ClipassoLoss(list(clip_cfg.conv_layer_weights), float(clip_cfg.fc_weight), layer_names=features.layer_names,
+                        conv_loss_type=str(clip_cfg.get("conv_loss_type", "L2")))
     return features.to(device), loss
 
 
@@ -116,17 +132,43 @@ def initial_opacities(cfg: DictConfig) -> torch.Tensor | None:
     return path_svg_strokes(cfg).opacities.expand(len(cfg.seeds), -1).clone()
 
 
-def build_module(cfg: DictConfig, target: torch.Tensor):
+def lr_schedule(cfg: DictConfig):
+    """``lr_scheduler=true``: step -> the official schedule's lr (see :mod:`clipasso_pl.schedules`); else None."""
+    if not cfg.get("lr_scheduler"):
+        return None
+    from functools import partial
+
+    from .schedules import official_lr
+
+    return partial(official_lr, lr=float(cfg.lr), steps=total_steps(cfg), lr_end=float(cfg.get("lr_end", 0.0)),
+                   lr_warmup_steps=int(cfg.get("lr_warmup_steps", 0)), lr_warmup_start=float(cfg.get("lr_warmup_start", 0.0)))
+
+
+def build_text_guide(cfg: DictConfig):
+    """The CLIP text term of ``text_target`` / ``clip_text_guide``, or None when the weight is 0."""
+    if not float(cfg.get("clip_text_guide") or 0):
+        return None
+    from .clip.text import ClipTextGuide
+
+    return ClipTextGuide(cfg.text_clip.model, cfg.text_clip.pretrained, str(cfg.text_target))
+
+
+def build_module(cfg: DictConfig, target: torch.Tensor, mask: torch.Tensor | None = None):
+    """The SketchModule of ``cfg`` for ``target`` [3, H, W]; ``mask`` [H, W] (bool) restricts the
+    saliency map when ``mask_object_attention`` is on."""
     from .module import SketchModule
 
     clip, loss = build_clip(cfg.clip)
+    init = instantiate(cfg.init)
+    if cfg.get("mask_object_attention") and mask is not None:
+        init.attention_mask = mask
     return SketchModule(
         target=target,
         clip=clip,
         loss=loss,
         augment=instantiate(cfg.augment),
         renderer=instantiate(cfg.renderer),
-        init=instantiate(cfg.init),
+        init=init,
         seeds=list(cfg.seeds),
         strokes=int(cfg.strokes),
         half_width=float(cfg.half_width),
@@ -142,6 +184,9 @@ def build_module(cfg: DictConfig, target: torch.Tensor):
         num_stages=int(cfg.get("num_stages", 1)),
         stage_steps=int(cfg.steps),
         initial_opacities=initial_opacities(cfg),
+        lr_schedule=lr_schedule(cfg),
+        text_guide=build_text_guide(cfg),
+        text_weight=float(cfg.get("clip_text_guide") or 0),
     )
 
 
@@ -225,12 +270,17 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         run_dir = cfg.resume
     validate(cfg)
     run_dir = Path(run_dir)
-    target = load_target(target_path(cfg), size=int(cfg.canvas), fix_scale=bool(cfg.fix_scale))
-    module = build_module(cfg, target)
+    loaded = load_sketch_target(target_path(cfg), size=int(cfg.canvas), fix_scale=bool(cfg.fix_scale),
+                                mask=cfg.get("mask"), mask_object=bool(cfg.get("mask_object")),
+                                official_padding=bool(cfg.get("official_padding")))
+    target = loaded.image
+    module = build_module(cfg, target, loaded.mask)
     ensure_writable(run_dir)
     if ckpt is None:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         save_png(run_dir / "input.png", target)
+        if loaded.mask is not None:
+            save_png(run_dir / "mask.png", loaded.mask.float())
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
     trainer = build_trainer(cfg, run_dir, callbacks)
     for lg in trainer.loggers:

@@ -213,41 +213,50 @@ class BestSketch(pl.Callback):
 
 
 class EvalEarlyStopping(pl.Callback):
-    """The official stopping rule, per seed.
+    """The official code's stopping rule, per seed.
 
-    A seed stops when ``patience`` consecutive evals each change its eval loss by at
-    most ``min_delta``; a stopped seed's strokes are frozen, and the run ends when all
-    seeds have stopped.
+    At each eval, ``delta = loss - best``. A change larger than ``min_delta`` that
+    lowers the loss is a new best (and clears the count); a change of at most
+    ``min_delta`` counts one calm eval; a rise larger than ``min_delta`` changes nothing.
+    A seed stops at its ``patience``-th calm eval since its last new best (the official
+    loop: the second, not necessarily consecutive). ``best`` starts at ``initial_best``
+    (100 in the official loop). A stopped seed's strokes are frozen, and the run ends
+    when all seeds have stopped.
     """
 
-    def __init__(self, min_delta: float = 1e-5, patience: int = 2) -> None:
+    def __init__(self, min_delta: float = 1e-5, patience: int = 2, initial_best: float = 100.0) -> None:
         self.min_delta = min_delta
         self.patience = patience
-        self.previous: torch.Tensor | None = None  # [S]
-        self.calm: torch.Tensor | None = None  # [S] consecutive small changes
+        self.initial_best = initial_best
+        self.best: torch.Tensor | None = None  # [S] best eval loss by the rule above
+        self.calm: torch.Tensor | None = None  # [S] calm evals since the last new best
+
+    def update(self, loss: torch.Tensor) -> torch.Tensor:
+        """One eval: loss [S] -> bool [S], True where the seed stops now."""
+        if self.best is None:
+            self.best = torch.full_like(loss, float(self.initial_best))
+            self.calm = torch.zeros(loss.shape, dtype=torch.long)
+        delta = loss - self.best
+        moved = delta.abs() > self.min_delta
+        better = moved & (delta < 0)
+        self.best = torch.where(better, loss, self.best)
+        self.calm = torch.where(better, torch.zeros_like(self.calm), self.calm + (~moved).long())
+        return self.calm >= self.patience
 
     def on_train_batch_end(self, trainer, module: SketchModule, outputs, batch, batch_idx) -> None:
         record = module.last_eval
         if record is None:
             return
-        loss = record.terms["loss"].detach().cpu()
-        if self.previous is None:
-            self.previous = loss.clone()
-            self.calm = torch.zeros(loss.shape, dtype=torch.long)
-            return
-        small = (loss - self.previous).abs() <= self.min_delta
-        self.calm = torch.where(small, self.calm + 1, torch.zeros_like(self.calm))
-        self.previous = loss.clone()
-        stopped = self.calm >= self.patience
+        stopped = self.update(record.terms["loss"].detach().cpu().double())
         module.active &= ~stopped.to(module.active.device)
         if not bool(module.active.any()):
             trainer.should_stop = True
 
     def state_dict(self) -> dict:
-        return {"previous": self.previous, "calm": self.calm}
+        return {"best": self.best, "calm": self.calm}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.previous, self.calm = state_dict["previous"], state_dict["calm"]
+        self.best, self.calm = state_dict.get("best"), state_dict.get("calm")
 
 
 class PeriodicCheckpoint(pl.Callback):
@@ -346,3 +355,74 @@ class WandbMedia(pl.Callback):
             if (run_dir(trainer) / name).is_file():
                 artifact.add_file(str(run_dir(trainer) / name), name=name)
         run.log_artifact(artifact)
+
+
+class ProgressAnimation(pl.Callback):
+    """``progress.gif`` (``progress.mp4`` when imageio-ffmpeg is installed): the best seed's sketch
+    every ``interval`` steps and at the end, as on the official README; logged to W&B as a video.
+
+    Keeps only the control points of each frame (restored on resume, so the animation
+    covers the whole run) and renders the best seed's frames once, at fit end.
+    """
+
+    def __init__(self, enabled: bool = True, interval: int = 10, fps: int = 10) -> None:
+        self.enabled = bool(enabled)
+        self.interval = int(interval)
+        self.fps = int(fps)
+        self.frames: list[tuple[int, torch.Tensor]] = []  # (step, points [S, N, 4, 2])
+
+    def on_train_batch_start(self, trainer, module: SketchModule, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.enabled and trainer.global_rank == 0 and self.interval > 0 and step % self.interval == 0:
+            self.frames.append((step, module.points.detach().cpu().clone()))
+
+    def on_fit_end(self, trainer, module: SketchModule) -> None:
+        if not self.enabled or trainer.global_rank != 0:
+            return
+        if not self.frames or self.frames[-1][0] != trainer.global_step:
+            self.frames.append((trainer.global_step, module.points.detach().cpu().clone()))
+        best = next((c for c in trainer.callbacks if isinstance(c, BestSketch)), None)
+        index = best.best_seed_index if best is not None and best.best_loss is not None else 0
+        with torch.no_grad():
+            pictures = [module.render(points[index][None].to(module.points))[0] for _, points in self.frames]
+        path = write_animation(run_dir(trainer) / "progress", pictures, self.fps)
+        from .tracking import wandb_run
+
+        run = wandb_run(trainer)
+        if run is not None:
+            import wandb
+
+            run.log({"progress": wandb.Video(str(path), format=path.suffix[1:])})
+
+    def state_dict(self) -> dict:
+        return {"frames": self.frames}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.frames = list(state_dict.get("frames", []))
+
+
+def write_animation(stem: Path, pictures: list[torch.Tensor], fps: int = 10) -> Path:
+    """Frames [3, H, W] in [0, 1] -> ``stem``.mp4 when imageio-ffmpeg is installed, else ``stem``.gif; atomically."""
+    import importlib.util
+    import io
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    from .images import atomic_write_bytes, to_uint8
+
+    arrays = [to_uint8(p) for p in pictures]
+    if importlib.util.find_spec("imageio_ffmpeg") is not None:
+        import imageio.v2 as imageio
+
+        path = stem.with_suffix(".mp4")
+        fd, tmp = tempfile.mkstemp(prefix=".progress.", suffix=".mp4", dir=stem.parent)
+        os.close(fd)
+        imageio.mimsave(tmp, arrays, fps=fps, macro_block_size=1)
+        os.replace(tmp, path)
+        return path
+    buf = io.BytesIO()
+    images = [Image.fromarray(a) for a in arrays]
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return atomic_write_bytes(stem.with_suffix(".gif"), buf.getvalue())

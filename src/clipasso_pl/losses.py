@@ -1,6 +1,8 @@
 """CLIPasso's loss over tapped CLIP features, kept per seed.
 
 geometric = sum_l w_l * mean((f_l(sketch) - f_l(target))^2)   over the weighted layers
+            (``conv_loss_type``: ``L2`` as above, ``L1`` mean |difference|, ``Cos`` mean of
+            1 - cos along dim 1, the official ``l1_layers`` / ``cos_layers``)
 semantic  = fc_weight * (1 - cos(e(sketch), e(target)))          on the final embeddings
 Each term is averaged over the views of one seed, so seeds never mix.
 """
@@ -14,6 +16,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 DEFAULT_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4")
+CONV_LOSS_TYPES = ("L2", "L1", "Cos")
+
+
+def layer_distance(fs: Tensor, ft: Tensor, kind: str = "L2") -> Tensor:
+    """Per-row distance of two feature maps [B, ...] -> [B].
+
+    L2: mean squared difference; L1: mean absolute difference; Cos: mean over the
+    remaining positions of 1 - cosine similarity along dim 1. Dim 1 is what the official
+    ``cos_layers`` uses: the channels of a ResNet map [B, C, h, w], the tokens of a ViT
+    block [B, T, D] (the official RN branch of ``Cos`` cannot run; this is its evident intent).
+    """
+    if kind == "L2":
+        return (fs - ft).pow(2).flatten(1).mean(dim=1)
+    if kind == "L1":
+        return (fs - ft).abs().flatten(1).mean(dim=1)
+    if kind == "Cos":
+        return (1.0 - F.cosine_similarity(fs, ft, dim=1)).flatten(1).mean(dim=1)
+    raise ValueError(f"conv_loss_type={kind!r}: use one of {', '.join(CONV_LOSS_TYPES)}")
 
 
 def per_seed_mean(per_view: Tensor, num_seeds: int) -> Tensor:
@@ -38,13 +58,19 @@ def _match_target(target: Tensor, batch: int, num_seeds: int) -> Tensor:
 class ClipassoLoss(nn.Module):
     """forward(sketch_feats, target_feats, num_seeds) -> dict of per-seed tensors [S].
 
-    Keys: ``conv/<layer>`` for each layer with a nonzero weight (unweighted mean squared
-    error), ``fc`` (unweighted 1 - cos, when fc_weight != 0) and ``loss`` (weighted total).
+    Keys: ``conv/<layer>`` for each layer with a nonzero weight (unweighted
+    :func:`layer_distance` of ``conv_loss_type``), ``fc`` (unweighted 1 - cos, when fc_weight != 0) and ``loss`` (weighted total).
     sketch_feats rows are seed-major: S * V rows, V views per seed.
     """
 
-    def __init__(self, conv_layer_weights: Sequence[float] = (0.0, 0.0, 1.0, 1.0, 0.0), fc_weight: float = 0.1, layer_names: Sequence[str] | None = None):
+    def __init__(self, conv_layer_weights: Sequence[float] = (0.0, 0.0, 1.0, 1.0, 0.0), fc_weight: float = 0.1, layer_names: Sequence[str] | None = None,
+                 conv_loss_type: str = "L2"):
         super().__init__()
+        if conv_loss_type not in CONV_LOSS_TYPES:
+            from .errors import ClipassoError
+
+            raise ClipassoError(f"clip.conv_loss_type={conv_loss_type}: use one of {', '.join(CONV_LOSS_TYPES)}")
+        self.conv_loss_type = conv_loss_type
         names = list(layer_names) if layer_names is not None else list(DEFAULT_LAYERS)
         weights = [float(w) for w in conv_layer_weights]
         if len(weights) != len(names):
@@ -58,7 +84,7 @@ class ClipassoLoss(nn.Module):
         self.active = {n: w for n, w in zip(names, weights) if w != 0.0}
 
     def extra_repr(self) -> str:
-        return f"conv={self.active}, fc_weight={self.fc_weight}"
+        return f"conv={self.active}, conv_loss_type={self.conv_loss_type}, fc_weight={self.fc_weight}"
 
     def forward(self, sketch_feats: dict[str, Tensor], target_feats: dict[str, Tensor], num_seeds: int) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
@@ -77,7 +103,7 @@ class ClipassoLoss(nn.Module):
                 weight = self.fc_weight
                 key = "fc"
             else:
-                per_view = (fs - ft).pow(2).flatten(1).mean(dim=1)
+                per_view = layer_distance(fs, ft, self.conv_loss_type)
                 weight = self.active[name]
                 key = f"conv/{name}"
             per_seed = per_seed_mean(per_view, num_seeds)

@@ -94,6 +94,9 @@ class SketchModule(pl.LightningModule):
         num_stages: int = 1,
         stage_steps: int = 0,
         initial_opacities: Tensor | None = None,
+        lr_schedule=None,
+        text_guide: nn.Module | None = None,
+        text_weight: float = 0.0,
     ):
         super().__init__()
         if strokes < 1:
@@ -113,6 +116,11 @@ class SketchModule(pl.LightningModule):
         self.stage_steps = int(stage_steps)
         if self.num_stages > 1 and self.stage_steps < 1:
             raise ValueError("num_stages > 1 needs stage_steps >= 1")
+        # Options of the official code (README "Options from the official code"):
+        # lr_schedule(step) -> the points' lr (``lr_scheduler=true``); the CLIP text term.
+        self.lr_schedule = lr_schedule
+        self.text_guide = text_guide.requires_grad_(False).eval() if text_guide is not None else None
+        self.text_weight = float(text_weight)
         self.clip = clip.requires_grad_(False).eval()
         self.loss_fn = loss
         self.augment = augment
@@ -150,7 +158,7 @@ class SketchModule(pl.LightningModule):
     # ----------------------------------------------------------------- state
     def state_dict(self, *args, **kwargs):
         sd = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in sd.items() if not k.startswith(("clip.", "init."))}
+        return {k: v for k, v in sd.items() if not k.startswith(("clip.", "init.", "text_guide."))}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["generator_states"] = [g.get_state() for g in self.generators]
@@ -221,14 +229,34 @@ class SketchModule(pl.LightningModule):
         sketch_views, target_views = self.augment(sketches, self.target, self.augment_generators)
         with torch.no_grad():
             target_feats = self.clip(target_views)
-        return self.loss_fn(self.clip(sketch_views), target_feats, len(self.seeds))
+        terms = self.loss_fn(self.clip(sketch_views), target_feats, len(self.seeds))
+        if self.text_guide is not None:
+            terms = self.add_text_term(terms, sketch_views, int(getattr(self.augment, "num_augs", 0)))
+        return terms
+
+    def add_text_term(self, terms: dict[str, Tensor], sketch_views: Tensor, num_augs: int) -> dict[str, Tensor]:
+        """The CLIP text term ``text`` [S] and ``text_weight`` x it added to ``loss``.
+
+        sketch_views: seed-major rows, 1 plain + ``num_augs`` augmented views per seed. As in
+        the official code, training sums 1 - cos over the augmented views only (the plain
+        view when there are none); eval (one row per seed) takes the plain sketch.
+        """
+        S = len(self.seeds)
+        views = sketch_views.view(S, -1, *sketch_views.shape[1:])
+        if num_augs > 0 and views.shape[1] > 1:
+            views = views[:, 1:]
+        text = self.text_guide(views.flatten(0, 1)).view(S, -1).sum(dim=1)
+        return {**terms, "text": text, "loss": terms["loss"] + self.text_weight * text}
 
     @torch.no_grad()
     def evaluate(self) -> EvalRecord:
         """Loss on the plain (sketch, target) pair of every seed, no augmentation."""
         if self._target_eval_feats is None:
             self._target_eval_feats = {k: v.expand(len(self.seeds), *v.shape[1:]) for k, v in self.clip(self.target).items()}
-        terms = self.loss_fn(self.clip(self.render()), self._target_eval_feats, len(self.seeds))
+        sketches = self.render()
+        terms = self.loss_fn(self.clip(sketches), self._target_eval_feats, len(self.seeds))
+        if self.text_guide is not None:
+            terms = self.add_text_term(terms, sketches, 0)
         return EvalRecord(int(self.global_step), {k: v.detach() for k, v in terms.items()},
                           self.points.detach().clone(), self.active.clone(),
                           None if self.opacities is None else self.opacities.detach().clone(), self.visible_strokes())
@@ -265,6 +293,8 @@ class SketchModule(pl.LightningModule):
             )
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        if self.lr_schedule is not None:  # the points' group only, set before the step as officially
+            optimizer.param_groups[0]["lr"] = float(self.lr_schedule(int(self.global_step)))
         loss = optimizer_closure()  # training_step + backward
         if loss is None:  # non-finite loss, already counted
             optimizer.zero_grad()

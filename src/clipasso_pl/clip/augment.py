@@ -96,6 +96,9 @@ def view_grid(coeffs: Tensor, crops: Tensor, size: int, height: int, width: int)
     return grid
 
 
+AUGMENTATIONS = ("affine", "none")
+
+
 class JointAugment(nn.Module):
     """forward(sketch [S, 3, H, W], target [S or 1, 3, H, W], generators: S CPU generators)
     -> (sketch_views, target_views), each [S * (1 + A), 3, size, size].
@@ -103,12 +106,23 @@ class JointAugment(nn.Module):
     Rows are seed-major: row s * (1 + A) is seed s's plain pair (resized to ``size`` if
     needed), then its A augmented pairs. Seed s's draws come only from ``generators[s]``.
     Sketch views are differentiable w.r.t. the sketch; target views are detached.
+
+    augmentations: the official option of that name. ``affine`` (default) draws the views
+    as above; ``none`` makes the A views copies of the plain pair, as the official code
+    does when ``affine`` is absent (its other, experimental words are not supported).
     """
 
-    def __init__(self, num_augs: int = 4, distortion_scale: float = 0.5, crop_scale: float = 0.8, size: int = 224):
+    def __init__(self, num_augs: int = 4, distortion_scale: float = 0.5, crop_scale: float = 0.8, size: int = 224,
+                 augmentations: str = "affine"):
         super().__init__()
         if num_augs < 0:
             raise ValueError(f"num_augs must be >= 0, got {num_augs}")
+        if augmentations not in AUGMENTATIONS:
+            from ..errors import ClipassoError
+
+            raise ClipassoError(f"augment.augmentations={augmentations}: use one of {', '.join(AUGMENTATIONS)} "
+                                "(the official noise/eraserchunks/press variants are not supported)")
+        self.augmentations = augmentations
         self.num_augs = int(num_augs)
         self.distortion_scale = float(distortion_scale)
         self.crop_scale = float(crop_scale)
@@ -116,7 +130,7 @@ class JointAugment(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_augs={self.num_augs}, distortion_scale={self.distortion_scale}, "
-                f"crop_scale={self.crop_scale}, size={self.size}")
+                f"crop_scale={self.crop_scale}, size={self.size}, augmentations={self.augmentations}")
 
     def draw(self, generators: list[torch.Generator], height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
         """Per view (seed-major, A per seed): startpoints [V, 4, 2], endpoints [V, 4, 2], crops [V, 4]."""
@@ -151,6 +165,8 @@ class JointAugment(nn.Module):
         plain_s, plain_t = self.plain(sketch), self.plain(target.detach())
         if A == 0:
             return plain_s, plain_t
+        if self.augmentations == "none":
+            return plain_s.repeat_interleave(1 + A, dim=0), plain_t.repeat_interleave(1 + A, dim=0)
         starts, ends, crops = self.draw(generators, H, W)
         grid = view_grid(perspective_coeffs(starts, ends), crops, self.size, H, W)  # [S*A, size, size, 2]
         grid = grid.to(device=sketch.device, dtype=sketch.dtype)

@@ -67,6 +67,8 @@ class StrokeInit:
         self.radius = float(radius)
         self.xdog_normalized_input = bool(xdog_normalized_input)
         self._model = None
+        # bool [H, W] object mask (``mask_object_attention``): start points only on the object.
+        self.attention_mask: Tensor | None = None
         # (target, saliency, probability) of the last target: the maps do not depend on the
         # seed, so S seeds of one image compute XDoG and the ViT forward once, not S times.
         self._maps: tuple[Tensor, Tensor, Tensor] | None = None
@@ -95,7 +97,8 @@ class StrokeInit:
                 return saliency, probability
         saliency = self.saliency(target)
         edges = xdog_edges(target, normalized_input=self.xdog_normalized_input) if self.mode == "saliency_xdog" else None
-        probability = sampling_probability(saliency, edges, self.temperature)
+        score = saliency if self.attention_mask is None else saliency * self.attention_mask.to(saliency)
+        probability = sampling_probability(score, edges, self.temperature)
         self._maps = (target.detach().cpu().clone(), saliency, probability)
         return saliency, probability
 

@@ -117,3 +117,14 @@ def build_renderer(name: str, **kwargs) -> Renderer:
     if name not in RENDERERS:
         raise ClipassoError(f"unknown renderer {name!r}: use renderer=torch or renderer=diffvg")
     return RENDERERS[name](**kwargs)
+
+
+def diffvg_if_available(**kwargs) -> Renderer:
+    """diffvg (the official rasterizer) when ``pydiffvg`` imports, else the torch renderer with a one-line note."""
+    try:
+        return DiffvgRenderer(**kwargs)
+    except ClipassoError:
+        import sys
+
+        print("note: pydiffvg is not installed, so the torch renderer (diffvg's semantics) is used", file=sys.stderr)
+        return TorchRenderer()

@@ -1,0 +1,46 @@
+"""CLIP text guidance: how far a sketch's image embedding is from a text prompt's.
+
+The official ``--text_target`` / ``--clip_text_guide`` term: a separate CLIP
+(ViT-B/32 there) embeds the prompt once; each training step embeds the augmented
+sketch views and sums ``1 - cos(e(view), e(text))`` over a seed's views; the eval
+term is ``1 - cos`` of the plain sketch. The weighting lives with the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .features import prepare
+from .models import load_clip_model
+
+
+class ClipTextGuide(nn.Module):
+    """forward(images [B, 3, H, W] in [0, 1]) -> [B] values of 1 - cos(image embedding, text embedding).
+
+    model / pretrained: any open_clip pair with a text tower (a local checkpoint path, or
+    None for random weights); text: the prompt, e.g. ``"a cat"``.
+    """
+
+    def __init__(self, model: str, pretrained: str | None, text: str, key: str = "text_clip"):
+        super().__init__()
+        import open_clip
+
+        self.model = load_clip_model(model, pretrained, key=key).requires_grad_(False).eval()
+        self.text = str(text)
+        tokens = open_clip.get_tokenizer(model)([self.text])
+        with torch.no_grad():
+            self.register_buffer("text_embedding", self.model.encode_text(tokens).float())  # [1, E]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # frozen: batch-norm statistics and dropout stay in eval mode
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        embedding = self.model.encode_image(prepare(self.model, images)).float()  # [B, E]
+        return 1.0 - F.cosine_similarity(embedding, self.text_embedding.to(embedding), dim=1)
+
+    def extra_repr(self) -> str:
+        return f"text={self.text!r}"
