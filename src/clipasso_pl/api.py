@@ -15,7 +15,7 @@ import warnings
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ClipassoError
+from .errors import ClipassoError, user_error
 from .images import atomic_write_text, load_target, resolve_target, save_png
 
 
@@ -41,18 +41,11 @@ class SketchResult:
         return self.summary["best_step"]
 
 
-def validate(cfg: DictConfig) -> None:
-    """Refuse config values that cannot work, with the key and the fix."""
-    if int(cfg.strokes) < 1:
-        raise ClipassoError(f"strokes={cfg.strokes}: the number of strokes must be at least 1")
-    if not cfg.seeds:
-        raise ClipassoError("seeds=[] is empty: give at least one seed, e.g. seeds=[0]")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ClipassoError(f"seeds={list(cfg.seeds)} repeats a seed: give distinct seeds")
-    if int(cfg.steps) < 1:
-        raise ClipassoError(f"steps={cfg.steps}: run at least 1 step")
-    if float(cfg.half_width) <= 0:
-        raise ClipassoError(f"half_width={cfg.half_width} must be positive")
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a sketch config against the schema (``config.validate``): one ClipassoError naming the bad key."""
+    from .config import validate as check
+
+    return check(cfg, "sketch")
 
 
 def target_path(cfg: DictConfig) -> Path:
@@ -65,7 +58,7 @@ def build_clip(clip_cfg: DictConfig, device: torch.device | str = "cpu"):
     from .losses import ClipassoLoss
 
     features = ClipFeatures(clip_cfg.model, clip_cfg.pretrained)
-    loss = ClipassoLoss(list(clip_cfg.conv_layer_weights), float(clip_cfg.fc_weight), layer_names=features.layer_names)
+    loss = ClipassoLoss(list(clip_cfg.conv_layer_weights), clip_cfg.fc_weight, layer_names=features.layer_names)
     return features.to(device), loss
 
 
@@ -75,7 +68,7 @@ def initial_points(cfg: DictConfig) -> torch.Tensor | None:
         return None
     from .strokes import read_svg
 
-    points, _, _, (h, w) = read_svg(cfg.path_svg, num_strokes=int(cfg.strokes))
+    points, _, _, (h, w) = read_svg(cfg.path_svg, num_strokes=cfg.strokes)
     scale = torch.tensor([cfg.canvas / w, cfg.canvas / h])
     return (points * scale).expand(len(cfg.seeds), -1, -1, -1).clone()
 
@@ -92,12 +85,12 @@ def build_module(cfg: DictConfig, target: torch.Tensor):
         renderer=instantiate(cfg.renderer),
         init=instantiate(cfg.init),
         seeds=list(cfg.seeds),
-        strokes=int(cfg.strokes),
-        half_width=float(cfg.half_width),
-        lr=float(cfg.lr),
-        eval_interval=int(cfg.eval_interval),
+        strokes=cfg.strokes,
+        half_width=cfg.half_width,
+        lr=cfg.lr,
+        eval_interval=cfg.eval_interval,
         initial_points=initial_points(cfg),
-        max_nonfinite=int(cfg.get("max_nonfinite", 10)),
+        max_nonfinite=cfg.get("max_nonfinite", 10),
     )
 
 
@@ -172,7 +165,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         run_dir = cfg.resume
     validate(cfg)
     run_dir = Path(run_dir)
-    target = load_target(target_path(cfg), size=int(cfg.canvas), fix_scale=bool(cfg.fix_scale))
+    target = load_target(target_path(cfg), size=cfg.canvas, fix_scale=cfg.fix_scale)
     module = build_module(cfg, target)
     ensure_writable(run_dir)
     if ckpt is None:
@@ -184,7 +177,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     started = datetime.now().isoformat(timespec="milliseconds")
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=step_loader(int(cfg.steps)), ckpt_path=ckpt)
+    trainer.fit(module, train_dataloaders=step_loader(cfg.steps), ckpt_path=ckpt)
     wall = time.perf_counter() - start
     best = next((c for c in callbacks if isinstance(c, BestSketch)), None)
     steps_run = int(trainer.global_step)
@@ -197,7 +190,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         "clip_model": cfg.clip.model,
         "clip_weights": str(cfg.clip.pretrained) if cfg.clip.pretrained else "random",
         "init": cfg.init.mode,
-        "strokes": int(cfg.strokes),
+        "strokes": cfg.strokes,
         "experiment": cfg.get("experiment"),
         "world_size": int(trainer.world_size),
         "rank_divergence": getattr(module, "rank_divergence", 0.0),
@@ -237,9 +230,17 @@ def sketch(target: str | Path | None = None, run_dir: str | Path | None = None,
     """Sketch one image from Python: ``sketch("photo.png", strokes=16)``.
 
     Keyword values are config keys (``strokes``, ``seeds``, ``steps``, ...); ``overrides``
-    takes Hydra override strings (``["preset=smoke", "clip=rn50"]``).
+    takes Hydra override strings (``["preset=smoke", "clip=rn50"]``). Every failure a user
+    can fix (a bad value, an unwritable output, Lightning's or Pillow's refusals) is raised
+    as one :class:`ClipassoError`; anything else is a bug and propagates as it is.
     """
     from .config import compose
 
-    cfg = compose("sketch", overrides, **({"target": str(target)} if target is not None else {}), **values)
-    return run_sketch(cfg, run_dir or new_run_dir())
+    try:
+        cfg = compose("sketch", overrides, **({"target": str(target)} if target is not None else {}), **values)
+        return run_sketch(cfg, run_dir or new_run_dir())
+    except Exception as e:  # the error boundary of the Python API: a user-fixable failure is one ClipassoError
+        problem = user_error(e)
+        if problem is None or problem is e:
+            raise
+        raise problem from e

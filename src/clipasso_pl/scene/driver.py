@@ -39,26 +39,11 @@ _VOLATILE = ("cells", "matrix_dir", "layers", "levels", "logger", "trainer", "sa
 
 
 # ----------------------------------------------------------------- config checks
-def validate(cfg: DictConfig) -> None:
-    """Refuse config values that cannot work, naming the key and the fix."""
-    if not cfg.layers:
-        raise ClipassoError("layers=[] is empty: give at least one ViT block, e.g. layers=[2,8,11]")
-    if len(set(cfg.layers)) != len(cfg.layers):
-        raise ClipassoError(f"layers={list(cfg.layers)} repeats a layer: give distinct layers")
-    if int(cfg.levels) < 1:
-        raise ClipassoError(f"levels={cfg.levels}: run at least one simplicity level")
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ClipassoError(f"seeds={list(cfg.seeds or [])}: give one or more distinct seeds, e.g. seeds=[0,1000]")
-    if int(cfg.strokes) < 1:
-        raise ClipassoError(f"strokes={cfg.strokes}: the number of strokes must be at least 1")
-    for key in ("fidelity.background_steps", "fidelity.foreground_steps", "fidelity.foreground_steps_deep",
-                "simplicity.steps"):
-        if int(OmegaConf.select(cfg, key)) < 1:
-            raise ClipassoError(f"{key}={OmegaConf.select(cfg, key)}: run at least 1 step")
-    if not 0 < float(cfg.simplicity.keep_threshold) < 1:
-        raise ClipassoError(f"simplicity.keep_threshold={cfg.simplicity.keep_threshold} must be in (0, 1), e.g. 0.5")
-    if float(cfg.simplicity.temperature) <= 0:
-        raise ClipassoError(f"simplicity.temperature={cfg.simplicity.temperature} must be positive, e.g. 0.2")
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a scene config against the schema (``config.validate``): one ClipassoError naming the bad key."""
+    from ..config import validate as check
+
+    return check(cfg, "scene")
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -349,11 +334,11 @@ def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
     validate(cfg)
     root = Path(cfg.matrix_dir or run_dir)
     ensure_writable(root)
-    wanted = parse_cells(cfg.cells, [int(x) for x in cfg.layers], int(cfg.levels))
+    wanted = parse_cells(cfg.cells, list(cfg.layers), cfg.levels)
     inputs = prepare_inputs(
-        cfg.target, list(cfg.parts), cfg.mask, cfg.background, int(cfg.max_size), bool(cfg.fix_scale),
-        int(cfg.dilation), int(cfg.inpaint_radius), str(cfg.inpaint_method), bool(cfg.resize_obj),
-        float(cfg.object_fraction), cfg.mask_model)
+        cfg.target, list(cfg.parts), cfg.mask, cfg.background, cfg.max_size, cfg.fix_scale,
+        cfg.dilation, cfg.inpaint_radius, cfg.inpaint_method, cfg.resize_obj,
+        cfg.object_fraction, cfg.mask_model)
     fp = check_matrix_dir(root, cfg)
     inputs.save(root / "inputs")
     atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -364,10 +349,10 @@ def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
     wall = time.perf_counter() - start
     results = collect(root, cfg, fp)
     matrix = write_matrix(root, cfg, results)
-    expected = len(cfg.layers) * int(cfg.levels)
+    expected = len(cfg.layers) * cfg.levels
     summary = {
-        "target": str(resolve_target(cfg.target)), "layers": [int(x) for x in cfg.layers], "levels": int(cfg.levels),
-        "parts": list(cfg.parts), "strokes": int(cfg.strokes), "seeds": list(cfg.seeds),
+        "target": str(resolve_target(cfg.target)), "layers": list(cfg.layers), "levels": cfg.levels,
+        "parts": list(cfg.parts), "strokes": cfg.strokes, "seeds": list(cfg.seeds),
         "clip_model": cfg.clip.model, "clip_weights": str(cfg.clip.pretrained) if cfg.clip.pretrained else "random",
         "complete": len(results["cells"]) == expected, "cells_done": len(results["cells"]), "cells_total": expected,
         "matrix_png": matrix.name, **results, "this_run": {"wall_time_s": wall, "stages": runner.timings},
