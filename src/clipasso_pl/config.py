@@ -352,6 +352,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "scene": {
         **CLIP_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **AUGMENT_KEYS,
         "target": PATH,
+        "experiment": Str(null=True, num=True),
         "mask": PATH,
         "background": PATH,
         "mask_model": Str(null=True),
@@ -428,13 +429,15 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _leaves(node: Any, prefix: str = ""):
-    """(dotted key, raw node) for every leaf; an empty or null mapping is a leaf too."""
+def _leaves(node: Any, schema: dict[str, Spec], prefix: str = ""):
+    """(dotted key, raw node) for every leaf; an empty or null mapping, and a mapping where the
+    schema wants a value, are leaves too."""
     for key in node:
         full = f"{prefix}{key}"
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation() and len(child):
-            yield from _leaves(child, full + ".")
+        if (isinstance(child, DictConfig) and full not in schema and not child._is_none()
+                and not child._is_interpolation() and len(child)):
+            yield from _leaves(child, schema, full + ".")
         else:
             yield full, child
 
@@ -447,7 +450,7 @@ def validate(cfg: DictConfig, command: str = "sketch") -> DictConfig:
     """Check every key of a composed ``command`` config against SCHEMA; ints become floats where
     a number is wanted. Raises one ClipassoError for the first bad key; returns ``cfg``."""
     schema = SCHEMA[command]
-    leaves = list(_leaves(cfg))
+    leaves = list(_leaves(cfg, schema))
     for key, node in leaves:
         if key in schema:
             continue
@@ -467,6 +470,8 @@ def validate(cfg: DictConfig, command: str = "sketch") -> DictConfig:
         try:
             value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
         except Exception as e:  # an interpolation that does not resolve
+            if _refers_to_key(node, {k for k, _ in leaves}):
+                continue  # ${steps} when steps itself does not resolve: reported as steps
             raise ClipassoError(f"{key}={node._value()} does not resolve ({' '.join(str(e).split())[:200]}): "
                                 f"give {key} {spec.allowed()} (see {doc_of(command, key)})") from None
         problem = spec.problem(value)
@@ -482,25 +487,45 @@ def validate(cfg: DictConfig, command: str = "sketch") -> DictConfig:
     return cfg
 
 
+def _refers_to_key(node: Any, keys: set[str]) -> bool:
+    """True when ``node`` is exactly ``${other.key}`` for a key of the config (checked on its own)."""
+    raw = node._value()
+    return isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and raw.count("$") == 1 \
+        and raw[2:-1] in keys
+
+
 def _is_empty(node: Any) -> bool:
     return node is None or node._is_none() or (isinstance(node, DictConfig) and len(node) == 0)
 
 
 # -- rules between keys ------------------------------------------------------------------------
+def _vision_layers(model: str):
+    """``vision_cfg.layers`` of an open_clip architecture, read from its JSON (open_clip's or ours) without
+    importing open_clip; None when there is no such file (then loading the model says what is wrong)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
+    folders.append(Path(__file__).resolve().parent / "clip" / "model_configs")
+    for folder in folders:
+        path = folder / f"{model}.json"
+        if path.is_file():
+            return json.loads(path.read_text()).get("vision_cfg", {}).get("layers")
+    return None
+
+
 def _conv_weights_fit_the_model(cfg: DictConfig) -> None:
-    """clip.conv_layer_weights has one weight per tapped layer of clip.model (read from the open_clip
-    model config, no weights loaded): 5 for a ResNet (stem, layer1..layer4), the block count for a ViT."""
-    import open_clip
-
-    from .clip.models import check_model_name, register_tiny_models
-
-    register_tiny_models()
-    check_model_name(str(cfg.clip.model), "clip")
-    vision = (open_clip.get_model_config(str(cfg.clip.model)) or {}).get("vision_cfg", {})
-    layers = vision.get("layers")
+    """clip.conv_layer_weights has one weight per tapped layer of clip.model (from the model's config,
+    no weights loaded): 5 for a ResNet (stem, layer1..layer4), the block count for a ViT."""
+    layers = _vision_layers(str(cfg.clip.model))
     if layers is None:
+        from .clip.models import check_model_name
+
+        check_model_name(str(cfg.clip.model), "clip")  # an unknown name: say so now, with the closest ones
         return
-    want, names = (5, "stem, layer1..layer4") if isinstance(layers, (list, tuple)) else (int(layers), f"block0..block{int(layers) - 1}")
+    want, names = ((5, "stem, layer1..layer4") if isinstance(layers, (list, tuple))
+                   else (int(layers), f"block0..block{int(layers) - 1}"))
     weights = list(cfg.clip.conv_layer_weights)
     if len(weights) != want:
         raise ClipassoError(f"clip.conv_layer_weights={_show(weights)} has {len(weights)} entries but clip.model="

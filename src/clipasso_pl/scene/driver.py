@@ -35,7 +35,8 @@ from .ratios import simplicity_ratios, step_size
 
 # Keys that do not change what a finished stage contains (so they may differ between runs
 # sharing a matrix_dir).
-_VOLATILE = ("cells", "matrix_dir", "layers", "levels", "logger", "trainer", "save_interval", "tile_size", "hydra")
+_VOLATILE = ("cells", "matrix_dir", "layers", "levels", "logger", "trainer", "save_interval", "tile_size", "hydra",
+             "experiment")
 
 
 # ----------------------------------------------------------------- config checks
