@@ -233,3 +233,12 @@ def test_full_disk_ends_in_one_line_and_resumes(tmp_path, capsys, monkeypatch):
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_report_usage_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["report"])
+    assert info.value.code == 2 and "usage: clipasso-pl report" in one_line(capsys.readouterr().err)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["report", str(tmp_path), "--bogus"])
+    assert info.value.code == 2 and "--bogus" in one_line(capsys.readouterr().err)
