@@ -242,3 +242,23 @@ def test_report_usage_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["report", str(tmp_path), "--bogus"])
     assert info.value.code == 2 and "--bogus" in one_line(capsys.readouterr().err)
+
+
+def test_default_output_folder_not_writable_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").write_text("a file where Hydra's outputs/ folder should be")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sketch", *SMOKE])
+    assert info.value.code == 2 and "hydra.run.dir=" in one_line(capsys.readouterr().err)
+
+
+def test_after_a_write_failure_each_command_says_how_to_go_on(tmp_path):
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    assert cli.continue_hint("sketch", OmegaConf.create({"resume": None}), run) == "; then run it again"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert cli.continue_hint("sketch", OmegaConf.create({"resume": None}), run).endswith(f"resume={run}")
+    assert f"sketches={run / 'sketches'}" in cli.continue_hint("evaluate", OmegaConf.create({"sketches": None}), run)
+    assert "matrix_dir=/m" in cli.continue_hint("scene", OmegaConf.create({"matrix_dir": "/m"}), run)

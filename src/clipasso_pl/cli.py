@@ -99,10 +99,17 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         fail(" ".join(str(e).split()) + " (see the keys in configs/" + config_name + ".yaml)")
     run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-    if run_dir:  # Hydra creates it before the command starts: check it first
-        from .api import ensure_writable
+    if run_dir is None:  # the default outputs/<date>/<time>: check the part that does not change
+        import yaml
 
-        ensure_writable(Path(run_dir))
+        from .config import config_dir
+
+        template = str(yaml.safe_load((config_dir() / f"{config_name}.yaml").read_text())["hydra"]["run"]["dir"])
+        run_dir = os.path.dirname(template.split("${", 1)[0].rstrip("/") + "/") or "."
+    # Hydra creates the run directory before the command starts (a failure there is its traceback): check it first
+    from .api import ensure_writable
+
+    ensure_writable(Path(run_dir))
 
 
 def run_hydra(config_name: str, runner, argv: list[str]) -> None:
