@@ -121,7 +121,7 @@ class SceneRunner:
         from ..clip import ClipFeatures
 
         self.cfg, self.root, self.inputs, self.fp = cfg, root, inputs, fp
-        self.canvas = int(cfg.canvas)
+        self.canvas = cfg.canvas
         self.clip = ClipFeatures(cfg.clip.model, cfg.clip.pretrained)
         self.renderer = instantiate(cfg.renderer)
         self._init = None
@@ -136,16 +136,16 @@ class SceneRunner:
         return self._init
 
     def loss(self, part: str, layer: int) -> SceneClipLoss:
-        anchor = int(self.cfg.object_anchor_layer) if part == "foreground" else None
-        return SceneClipLoss(self.clip.layer_names, layer, anchor, float(self.cfg.object_anchor_weight), 1.0)
+        anchor = self.cfg.object_anchor_layer if part == "foreground" else None
+        return SceneClipLoss(self.clip.layer_names, layer, anchor, self.cfg.object_anchor_weight, 1.0)
 
     def module(self, part: str, layer: int, initial_points: torch.Tensor, **kwargs) -> SceneSketchModule:
         cfg = self.cfg
         return SceneSketchModule(
             target=self.inputs.target(part, self.canvas), clip=self.clip, loss=self.loss(part, layer),
             augment=instantiate(cfg.augment), renderer=self.renderer, initial_points=initial_points,
-            seeds=list(cfg.seeds), half_width=float(cfg.half_width), lr=float(cfg.lr), hidden=int(cfg.hidden),
-            offset_scale=float(cfg.offset_scale), **kwargs)
+            seeds=list(cfg.seeds), half_width=cfg.half_width, lr=cfg.lr, hidden=cfg.hidden,
+            offset_scale=cfg.offset_scale, **kwargs)
 
     def fit(self, module: SceneSketchModule, folder: Path, steps: int, callbacks: list) -> float:
         from ..api import build_logger
@@ -204,23 +204,23 @@ class SceneRunner:
             return done
         cfg, fid = self.cfg, self.cfg.fidelity
         target = self.inputs.target(part, self.canvas)
-        results = [self.init(target, int(cfg.strokes), torch.Generator().manual_seed(int(s))) for s in cfg.seeds]
+        results = [self.init(target, cfg.strokes, torch.Generator().manual_seed(s)) for s in cfg.seeds]
         initial = torch.stack([r.points for r in results])  # [S, N, 4, 2]
         if results[0].saliency is not None:
             from ..init import overlay
 
             save_png(folder / "attention.png", overlay(target, results[0].saliency, results[0].starts))
-        module = self.module(part, layer, initial, eval_start=int(fid.eval_start), eval_interval=int(fid.eval_interval),
+        module = self.module(part, layer, initial, eval_start=fid.eval_start, eval_interval=fid.eval_interval,
                              balance=None if cfg.balance else 1.0, select="lowest")
         if part == "background":
-            steps = int(fid.background_steps)
+            steps = fid.background_steps
         else:
-            steps = int(fid.foreground_steps_deep if layer >= int(fid.deep_layer) else fid.foreground_steps)
+            steps = fid.foreground_steps_deep if layer >= fid.deep_layer else fid.foreground_steps
         callbacks = []
-        if int(cfg.save_interval) > 0:
+        if cfg.save_interval > 0:
             from ..callbacks import SketchSnapshot
 
-            callbacks.append(SketchSnapshot(int(cfg.save_interval)))
+            callbacks.append(SketchSnapshot(cfg.save_interval))
         seconds = self.fit(module, folder, steps, callbacks)
         seed_index = module.best()[0]
         return self.finish(module, folder, part, folder.parent / part, {"layer": layer, "level": None, "ratio": None},
@@ -231,7 +231,7 @@ class SceneRunner:
         sim = self.cfg.simplicity
         sizes = sim.background_step_sizes if part == "background" else sim.foreground_step_sizes
         step = step_size(layer, list(sim.step_layers), list(sizes))
-        return simplicity_ratios(fidelity.loss, int(self.cfg.levels), step, int(sim.halvings))
+        return simplicity_ratios(fidelity.loss, self.cfg.levels, step, sim.halvings)
 
     def level(self, part: str, layer: int, level: int, previous: Stage, ratio: float) -> Stage:
         folder = cell_dir(self.root, layer, level) / part
@@ -240,13 +240,13 @@ class SceneRunner:
             return done
         sim = self.cfg.simplicity
         state = previous.state()
-        keep_mask = state["keep_mask"] if bool(sim.nested) else None
+        keep_mask = state["keep_mask"] if sim.nested else None
         module = self.module(
-            part, layer, state["initial_points"], eval_start=int(sim.eval_start), eval_interval=int(sim.eval_interval),
-            simplify=True, ratio=ratio, temperature=float(sim.temperature), keep_threshold=float(sim.keep_threshold),
+            part, layer, state["initial_points"], eval_start=sim.eval_start, eval_interval=sim.eval_interval,
+            simplify=True, ratio=ratio, temperature=sim.temperature, keep_threshold=sim.keep_threshold,
             keep_mask=keep_mask, balance=state["balance"], location_states=state["location"],
             width_states=state["width"], stream_offset=7919 * (level + 1), select="zscore")
-        steps = int(sim.steps)
+        steps = sim.steps
         seconds = self.fit(module, folder, steps, [])
         return self.finish(module, folder, part, folder.parent / part, {"layer": layer, "level": level, "ratio": ratio},
                            seconds, steps, state["initial_points"])
@@ -254,7 +254,7 @@ class SceneRunner:
     # --------------------------------------------------------------- combine
     def combine(self, stages: dict[str, Stage], folder: Path) -> int:
         """Composite the kept strokes of both parts at ``combined_size``; returns the stroke count."""
-        size = int(self.cfg.combined_size)
+        size = self.cfg.combined_size
         scale = size / self.canvas
         points, widths = [], []
         for part in PARTS:
@@ -296,7 +296,7 @@ def collect(root: Path, cfg: DictConfig, fp: str) -> dict:
                          "strokes_kept": {p: s.meta["strokes_kept"] for p, s in stages.items()},
                          "seconds": sum(s.meta["seconds"] for s in stages.values()),
                          "files": str(cell_dir(root, layer, None).relative_to(root))})
-        for level in range(int(cfg.levels)):
+        for level in range(cfg.levels):
             stages = {p: load_stage(cell_dir(root, layer, level) / p, fp) for p in parts}
             if not all(stages.values()):
                 continue
@@ -314,7 +314,7 @@ def collect(root: Path, cfg: DictConfig, fp: str) -> dict:
 
 def write_matrix(root: Path, cfg: DictConfig, results: dict) -> Path:
     """``matrix.png``: rows = layers, columns = simplicity levels, each tile the combined sketch."""
-    layers, levels = [int(x) for x in cfg.layers], int(cfg.levels)
+    layers, levels = list(cfg.layers), cfg.levels
     tiles, captions = {}, {}
     for cell in results["cells"]:
         r, c = layers.index(cell["layer"]), cell["level"]
@@ -322,7 +322,7 @@ def write_matrix(root: Path, cfg: DictConfig, results: dict) -> Path:
             tiles[(r, c)] = im.copy()
         captions[(r, c)] = f"{cell['strokes_kept']['combined']} strokes"
     picture = matrix_picture(tiles, [f"layer {layer}" for layer in layers], [f"level {k}" for k in range(levels)],
-                             captions, int(cfg.tile_size),
+                             captions, cfg.tile_size,
                              title=f"{Path(str(resolve_target(cfg.target))).name}: rows = fidelity (ViT block), "
                                    "columns = simplicity")
     return save_png(root / "matrix.png", picture)
