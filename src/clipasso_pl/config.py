@@ -398,8 +398,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "save_interval": Int(ge=0),
         "tile_size": Int(ge=8),
         # Set by preset=smoke (shared with sketch); the scene stages use fidelity.* and simplicity.*.
-        "steps": Int(ge=1),
-        "eval_interval": Int(ge=0),
+        "steps": Int(ge=1, doc="configs/preset/smoke.yaml"),
+        "eval_interval": Int(ge=0, doc="configs/preset/smoke.yaml"),
     },
 }
 
