@@ -170,3 +170,14 @@ def test_saved_and_built_configs_are_checked_too(tmp_path):
     with pytest.raises(ClipassoError, match="strokes=0"):
         run_sketch(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_choices_agree_with_the_code_that_uses_them():
+    """The schema spells choices out (the CLI checks them before importing torch); they are the code's."""
+    from clipasso_pl.evaluate.metrics import CI_KINDS
+    from clipasso_pl.init.stroke_init import MODES
+    from clipasso_pl.scene.inputs import PARTS
+
+    assert set(SCHEMA["sketch"]["init.mode"].choices) == set(MODES)
+    assert set(SCHEMA["evaluate"]["eval.ci"].choices) == set(CI_KINDS)
+    assert set(SCHEMA["scene"]["parts"].choices) == set(PARTS)

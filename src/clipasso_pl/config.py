@@ -112,6 +112,10 @@ class Spec:
     options: tuple = ()
     doc: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"Spec kind {self.kind!r} is not one of {_KINDS}")
+
     # -- what it allows, in words
     def bounds(self) -> str:
         parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
