@@ -1,5 +1,6 @@
 """Hardening: bad input, resume after a kill, determinism, non-finite steps."""
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from clipasso_pl.api import build_module, build_trainer, run_sketch
 from clipasso_pl.config import compose
 from clipasso_pl.images import load_target, resolve_target
 from clipasso_pl.module import step_loader
+from clipasso_pl.strokes import read_svg
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 TARGET = "skimage:coffee"
@@ -167,6 +169,8 @@ def test_kill_and_resume_gives_the_same_best_svg(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not (killed / "summary.json").exists()
+    assert read_svg(killed / "best.svg")[0].shape[0] == 16  # the best so far is on disk from the first eval
+    assert json.loads((killed / "progress.json").read_text())["best_step"] >= 0
 
     res = cli("sketch", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_hydra'}")
     assert res.returncode == 0, res.stderr[-3000:]

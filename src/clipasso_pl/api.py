@@ -15,7 +15,7 @@ import warnings
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ClipassoError
+from .errors import ClipassoError, user_error
 from .images import atomic_write_text, resolve_target, save_png
 from .sketch_target import load_sketch_target
 
@@ -42,49 +42,11 @@ class SketchResult:
         return self.summary["best_step"]
 
 
-def validate(cfg: DictConfig) -> None:
-    """Refuse config values that cannot work, with the key and the fix."""
-    if int(cfg.strokes) < 1:
-        raise ClipassoError(f"strokes={cfg.strokes}: the number of strokes must be at least 1")
-    if not cfg.seeds:
-        raise ClipassoError("seeds=[] is empty: give at least one seed, e.g. seeds=[0]")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ClipassoError(f"seeds={list(cfg.seeds)} repeats a seed: give distinct seeds")
-    if int(cfg.steps) < 1:
-        raise ClipassoError(f"steps={cfg.steps}: run at least 1 step")
-    if float(cfg.half_width) <= 0:
-        raise ClipassoError(f"half_width={cfg.half_width} must be positive")
-    validate_strokes(cfg)
-    validate_official_options(cfg)
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a sketch config against the schema (``config.validate``): one ClipassoError naming the bad key."""
+    from .config import validate as check
 
-
-def validate_strokes(cfg: DictConfig) -> None:
-    """The stroke options of the official code: segments, sparse opacity, stages."""
-    if int(cfg.get("num_segments", 1)) < 1:
-        raise ClipassoError(f"num_segments={cfg.num_segments}: a stroke needs at least 1 segment")
-    if int(cfg.get("control_points_per_seg", 4)) not in (2, 3, 4):
-        raise ClipassoError(f"control_points_per_seg={cfg.control_points_per_seg}: use 4 (cubic), 3 (quadratic) or 2 (lines)")
-    if float(cfg.get("color_lr", 0.01)) <= 0:
-        raise ClipassoError(f"color_lr={cfg.color_lr} must be positive")
-    if not 0 <= float(cfg.get("color_vars_threshold", 0.0)) <= 1:
-        raise ClipassoError(f"color_vars_threshold={cfg.color_vars_threshold} must be in [0, 1] (0: off)")
-    if int(cfg.get("num_stages", 1)) < 1:
-        raise ClipassoError(f"num_stages={cfg.num_stages}: run at least 1 stage")
-    if int(cfg.get("num_stages", 1)) > 1 and cfg.get("path_svg"):
-        raise ClipassoError("path_svg with num_stages > 1 is not supported: start from the SVG with num_stages=1")
-
-
-def validate_official_options(cfg: DictConfig) -> None:
-    """The options from the official code (README "Options from the official code")."""
-    if float(cfg.get("clip_text_guide") or 0) and not cfg.get("text_target"):
-        raise ClipassoError(f"clip_text_guide={cfg.clip_text_guide} needs a prompt: pass text_target=\"a cat\" "
-                            "(or clip_text_guide=0)")
-    if cfg.get("mask_object_attention") and not (cfg.get("mask") or cfg.get("mask_object")):
-        raise ClipassoError("mask_object_attention=true needs an object mask: pass mask=<mask image> or mask_object=true")
-    if cfg.get("mask") and not Path(str(cfg.mask)).is_file():
-        raise ClipassoError(f"mask={cfg.mask} does not exist: pass mask=<mask image> (white = object)")
-    if int(cfg.get("lr_warmup_steps") or 0) < 0:
-        raise ClipassoError(f"lr_warmup_steps={cfg.lr_warmup_steps} must be >= 0")
+    return check(cfg, "sketch")
 
 
 def target_path(cfg: DictConfig) -> Path:
@@ -97,8 +59,8 @@ def build_clip(clip_cfg: DictConfig, device: torch.device | str = "cpu"):
     from .losses import ClipassoLoss
 
     features = ClipFeatures(clip_cfg.model, clip_cfg.pretrained)
-    loss = ClipassoLoss(list(clip_cfg.conv_layer_weights), float(clip_cfg.fc_weight), layer_names=features.layer_names,
-                        conv_loss_type=str(clip_cfg.get("conv_loss_type", "L2")))
+    loss = ClipassoLoss(list(clip_cfg.conv_layer_weights), clip_cfg.fc_weight, layer_names=features.layer_names,
+                        conv_loss_type=clip_cfg.conv_loss_type)
     return features.to(device), loss
 
 
@@ -106,8 +68,8 @@ def path_svg_strokes(cfg: DictConfig):
     """The strokes of ``path_svg`` scaled to the canvas (a batch of one), checked against the stroke options."""
     from .strokes import read_strokes
 
-    strokes, (h, w) = read_strokes(cfg.path_svg, num_strokes=int(cfg.strokes))
-    k, c = int(cfg.get("num_segments", 1)), int(cfg.get("control_points_per_seg", 4))
+    strokes, (h, w) = read_strokes(cfg.path_svg, num_strokes=cfg.strokes)
+    k, c = cfg.get("num_segments", 1), cfg.get("control_points_per_seg", 4)
     if (strokes.num_segments, strokes.control_points_per_seg) != (k, c):
         raise ClipassoError(
             f"path_svg {cfg.path_svg} has strokes of {strokes.num_segments} segment(s) of {strokes.control_points_per_seg} "
@@ -140,13 +102,13 @@ def lr_schedule(cfg: DictConfig):
 
     from .schedules import official_lr
 
-    return partial(official_lr, lr=float(cfg.lr), steps=total_steps(cfg), lr_end=float(cfg.get("lr_end", 0.0)),
-                   lr_warmup_steps=int(cfg.get("lr_warmup_steps", 0)), lr_warmup_start=float(cfg.get("lr_warmup_start", 0.0)))
+    return partial(official_lr, lr=cfg.lr, steps=total_steps(cfg), lr_end=cfg.get("lr_end", 0.0),
+                   lr_warmup_steps=cfg.get("lr_warmup_steps", 0), lr_warmup_start=cfg.get("lr_warmup_start", 0.0))
 
 
 def build_text_guide(cfg: DictConfig):
     """The CLIP text term of ``text_target`` / ``clip_text_guide``, or None when the weight is 0."""
-    if not float(cfg.get("clip_text_guide") or 0):
+    if not cfg.get("clip_text_guide", 0.0):
         return None
     from .clip.text import ClipTextGuide
 
@@ -170,29 +132,29 @@ def build_module(cfg: DictConfig, target: torch.Tensor, mask: torch.Tensor | Non
         renderer=instantiate(cfg.renderer),
         init=init,
         seeds=list(cfg.seeds),
-        strokes=int(cfg.strokes),
-        half_width=float(cfg.half_width),
-        lr=float(cfg.lr),
-        eval_interval=int(cfg.eval_interval),
+        strokes=cfg.strokes,
+        half_width=cfg.half_width,
+        lr=cfg.lr,
+        eval_interval=cfg.eval_interval,
         initial_points=initial_points(cfg),
-        max_nonfinite=int(cfg.get("max_nonfinite", 10)),
-        num_segments=int(cfg.get("num_segments", 1)),
-        control_points_per_seg=int(cfg.get("control_points_per_seg", 4)),
-        force_sparse=bool(cfg.get("force_sparse", False)),
-        color_lr=float(cfg.get("color_lr", 0.01)),
-        color_vars_threshold=float(cfg.get("color_vars_threshold", 0.0)),
-        num_stages=int(cfg.get("num_stages", 1)),
-        stage_steps=int(cfg.steps),
+        max_nonfinite=cfg.get("max_nonfinite", 10),
+        num_segments=cfg.get("num_segments", 1),
+        control_points_per_seg=cfg.get("control_points_per_seg", 4),
+        force_sparse=cfg.get("force_sparse", False),
+        color_lr=cfg.get("color_lr", 0.01),
+        color_vars_threshold=cfg.get("color_vars_threshold", 0.0),
+        num_stages=cfg.get("num_stages", 1),
+        stage_steps=cfg.steps,
         initial_opacities=initial_opacities(cfg),
         lr_schedule=lr_schedule(cfg),
         text_guide=build_text_guide(cfg),
-        text_weight=float(cfg.get("clip_text_guide") or 0),
+        text_weight=cfg.get("clip_text_guide", 0.0),
     )
 
 
 def total_steps(cfg: DictConfig) -> int:
     """Steps of the whole run: ``steps`` per stage."""
-    return int(cfg.steps) * int(cfg.get("num_stages", 1))
+    return cfg.steps * cfg.get("num_stages", 1)
 
 
 def build_logger(cfg: DictConfig, run_dir: Path):
@@ -270,9 +232,9 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         run_dir = cfg.resume
     validate(cfg)
     run_dir = Path(run_dir)
-    loaded = load_sketch_target(target_path(cfg), size=int(cfg.canvas), fix_scale=bool(cfg.fix_scale),
-                                mask=cfg.get("mask"), mask_object=bool(cfg.get("mask_object")),
-                                official_padding=bool(cfg.get("official_padding")))
+    loaded = load_sketch_target(target_path(cfg), size=cfg.canvas, fix_scale=cfg.fix_scale, mask=cfg.get("mask"),
+                                mask_object=cfg.get("mask_object", False),
+                                official_padding=cfg.get("official_padding", False))
     target = loaded.image
     module = build_module(cfg, target, loaded.mask)
     ensure_writable(run_dir)
@@ -300,7 +262,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         "clip_model": cfg.clip.model,
         "clip_weights": str(cfg.clip.pretrained) if cfg.clip.pretrained else "random",
         "init": cfg.init.mode,
-        "strokes": int(cfg.strokes),
+        "strokes": cfg.strokes,
         "experiment": cfg.get("experiment"),
         "world_size": int(trainer.world_size),
         "rank_divergence": getattr(module, "rank_divergence", 0.0),
@@ -340,9 +302,17 @@ def sketch(target: str | Path | None = None, run_dir: str | Path | None = None,
     """Sketch one image from Python: ``sketch("photo.png", strokes=16)``.
 
     Keyword values are config keys (``strokes``, ``seeds``, ``steps``, ...); ``overrides``
-    takes Hydra override strings (``["preset=smoke", "clip=rn50"]``).
+    takes Hydra override strings (``["preset=smoke", "clip=rn50"]``). Every failure a user
+    can fix (a bad value, an unwritable output, Lightning's or Pillow's refusals) is raised
+    as one :class:`ClipassoError`; anything else is a bug and propagates as it is.
     """
     from .config import compose
 
-    cfg = compose("sketch", overrides, **({"target": str(target)} if target is not None else {}), **values)
-    return run_sketch(cfg, run_dir or new_run_dir())
+    try:
+        cfg = compose("sketch", overrides, **({"target": str(target)} if target is not None else {}), **values)
+        return run_sketch(cfg, run_dir or new_run_dir())
+    except Exception as e:  # the error boundary of the Python API: a user-fixable failure is one ClipassoError
+        problem = user_error(e)
+        if problem is None or problem is e:
+            raise
+        raise problem from e

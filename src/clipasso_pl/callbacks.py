@@ -6,13 +6,14 @@ only from global rank 0.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from .images import save_png
+from .images import atomic_write_text, save_png
 from .module import SketchModule
 from .strokes import write_svg
 
@@ -125,8 +126,12 @@ class SketchSnapshot(pl.Callback):
 class BestSketch(pl.Callback):
     """Tracks the step with the lowest eval loss per seed, and the best seed overall.
 
-    Writes ``seeds/seed<k>/best.{svg,png}`` and the overall ``best.{svg,png}`` at fit end
-    (and when training stops on an exception, so an interrupted run keeps its best).
+    Writes ``seeds/seed<k>/best.{svg,png}``, the overall ``best.{svg,png}`` and
+    ``progress.json`` (the best so far, at which step) after the first eval, with every
+    checkpoint, at fit end and when training stops on an exception, so a run that dies
+    (a full disk, a kill) keeps a whole best-so-far from its first eval on. With no evals
+    (``eval_interval=0``) the first seed's final strokes are the best sketch, and the
+    summary says so.
     """
 
     def __init__(self) -> None:
@@ -141,7 +146,8 @@ class BestSketch(pl.Callback):
         if record is None:
             return
         loss = record.terms["loss"].detach().cpu()
-        if self.best_loss is None:
+        first = self.best_loss is None
+        if first:
             self.best_loss = torch.full_like(loss, float("inf"))
             self.best_step = torch.full(loss.shape, -1, dtype=torch.long)
             self.best_points = record.points.detach().cpu().clone()
@@ -158,6 +164,9 @@ class BestSketch(pl.Callback):
         if self.best_count is not None and record.count is not None:
             self.best_count[better] = int(record.count)
 
+        if first:
+            self.write(trainer, module)
+
     def best_strokes(self, index: int) -> dict:
         """save_sketch's keywords for seed ``index``'s best: its opacities and stroke count."""
         return {"opacities": None if self.best_opacities is None else self.best_opacities[index],
@@ -169,7 +178,10 @@ class BestSketch(pl.Callback):
 
     def summary(self, module: SketchModule) -> dict:
         if self.best_loss is None:
-            return {}
+            if module.eval_interval > 0:
+                return {}
+            return {"best_seed": module.seeds[0], "best_loss": None, "best_step": int(module.global_step),
+                    "best_is_final": True, "note": "eval_interval=0: no evals; best.svg is the final strokes of the first seed"}
         i = self.best_seed_index
         return {
             "best_seed": module.seeds[i],
@@ -182,23 +194,35 @@ class BestSketch(pl.Callback):
         }
 
     def write(self, trainer, module: SketchModule) -> None:
-        if trainer.global_rank != 0 or self.best_loss is None:
+        if trainer.global_rank != 0:
+            return
+        if self.best_loss is None:
+            if module.eval_interval <= 0:  # no evals: the final strokes stand in
+                save_sketch(module, module.points.detach()[0], run_dir(trainer) / "best", seed_opacities(module)[0])
             return
         for i, (seed, pts) in enumerate(zip(module.seeds, self.best_points)):
             save_sketch(module, pts, seed_dir(trainer, seed) / "best", **self.best_strokes(i))
         i = self.best_seed_index
         save_sketch(module, self.best_points[i], run_dir(trainer) / "best", **self.best_strokes(i))
+        progress = {**self.summary(module), "step": int(trainer.global_step)}
+        atomic_write_text(run_dir(trainer) / "progress.json", json.dumps(progress, indent=2) + "\n")
+
+    def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
+        self.write(trainer, module)  # the best files agree with the checkpoint a resume starts from
 
     def on_fit_end(self, trainer, module) -> None:
         self.write(trainer, module)
         best = self.summary(module)
-        if best:
+        if best and best["best_loss"] is not None:
             metrics = {"best/loss": best["best_loss"], "best/step": best["best_step"], "best/seed": best["best_seed"]}
             for lg in trainer.loggers:
                 lg.log_metrics(metrics, step=trainer.global_step)
 
     def on_exception(self, trainer, module, exception) -> None:
-        self.write(trainer, module)
+        try:
+            self.write(trainer, module)
+        except OSError:  # e.g. the disk that stopped the run is still full: the earlier best files stay whole
+            pass
 
     def state_dict(self) -> dict:
         return {"best_loss": self.best_loss, "best_step": self.best_step, "best_points": self.best_points,
@@ -286,9 +310,14 @@ def save_checkpoint(trainer: pl.Trainer) -> Path:
 
     path = checkpoint_path(run_dir(trainer))
     tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp)
-    if trainer.global_rank == 0:
-        os.replace(tmp, path)
+    try:
+        trainer.save_checkpoint(tmp)
+        if trainer.global_rank == 0:
+            os.replace(tmp, path)
+    except OSError:  # e.g. a full disk: drop the partial file, keep the previous checkpoint
+        if trainer.global_rank == 0:
+            tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -1,8 +1,12 @@
 """``clipasso-pl <command> [hydra overrides]``: sketch, scene, evaluate, report, bench.
 
-The CLI holds no maths: it composes the Hydra config of the command, picks the run
-directory (Hydra's), calls the command's runner and turns a :class:`ClipassoError`
-into one line on stderr and exit status 2.
+The CLI holds no maths: it composes the Hydra config of the command, checks it against
+the schema (``config.validate``) before any model loads, picks the run directory (Hydra's)
+and calls the command's runner. It is the error boundary: every failure a user can cause
+or meet (``errors.user_error``: our ClipassoError however deeply wrapped, Lightning's
+misconfiguration, Pillow's size limit, an output that cannot be written) becomes one line
+``error: <what happened>: <what to do>`` on stderr and exit status 2. Anything else is a
+bug and keeps its traceback (Hydra's, complete with ``HYDRA_FULL_ERROR=1``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ClipassoError
+from .errors import WRITE_ERRNOS, ClipassoError, causes, user_error
 
 # command -> (config name or None for a plain argv command, "module:function")
 COMMANDS: dict[str, tuple[str | None, str]] = {
@@ -32,6 +36,35 @@ def fail(message: str) -> None:
     raise SystemExit(ClipassoError.exit_code)
 
 
+def boundary(exc: BaseException, hint: str = "") -> None:
+    """Print a user-fixable failure as one line and exit 2; return (to re-raise) for a bug."""
+    problem = user_error(exc)
+    if problem is None:
+        return
+    fail(str(problem) + (hint if write_failure(exc) else ""))
+
+
+def write_failure(exc: BaseException) -> bool:
+    return any(isinstance(e, OSError) and e.errno in WRITE_ERRNOS for e in causes(exc))
+
+
+def continue_hint(command: str, cfg, run_dir: Path) -> str:
+    """How to go on after the outputs could not be written: what was written is whole."""
+    if command == "sketch":
+        from .callbacks import checkpoint_path
+
+        run = Path(cfg.get("resume") or run_dir)
+        if checkpoint_path(run).is_file():
+            return f"; then continue it with: clipasso-pl sketch resume={run}"
+        return "; then run it again"
+    if command == "evaluate":
+        store = cfg.get("sketches") or Path(run_dir) / "sketches"
+        return f"; then run it again with sketches={store} (finished sketches are reused)"
+    if command == "scene":
+        return f"; then run it again with matrix_dir={cfg.get('matrix_dir') or run_dir} (finished cells are kept)"
+    return ""
+
+
 def resolve(spec: str):
     module, func = spec.split(":")
     return getattr(importlib.import_module(module), func)
@@ -42,9 +75,12 @@ def sketch_main(cfg, run_dir: Path) -> dict:
 
     result = run_sketch(cfg, run_dir)
     s = result.summary
-    if s.get("best_seed") is not None:
+    if s.get("best_loss") is not None:
         print(f"best sketch: {result.best_svg} (seed {s['best_seed']}, eval loss {s['best_loss']:.5f} "
               f"at step {s['best_step']}; {s['seconds_per_step']:.3f} s/step)")
+    elif s.get("best_is_final"):
+        print(f"sketch: {result.best_svg} (no evals: the final strokes of seed {s['best_seed']}; "
+              f"{s['seconds_per_step']:.3f} s/step)")
     return s
 
 
@@ -63,10 +99,17 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         fail(" ".join(str(e).split()) + " (see the keys in configs/" + config_name + ".yaml)")
     run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-    if run_dir:  # Hydra creates it before the command starts: check it first
-        from .api import ensure_writable
+    if run_dir is None:  # the default outputs/<date>/<time>: check the part that does not change
+        import yaml
 
-        ensure_writable(Path(run_dir))
+        from .config import config_dir
+
+        template = str(yaml.safe_load((config_dir() / f"{config_name}.yaml").read_text())["hydra"]["run"]["dir"])
+        run_dir = os.path.dirname(template.split("${", 1)[0].rstrip("/") + "/") or "."
+    # Hydra creates the run directory before the command starts (a failure there is its traceback): check it first
+    from .api import ensure_writable
+
+    ensure_writable(Path(run_dir))
 
 
 def run_hydra(config_name: str, runner, argv: list[str]) -> None:
@@ -84,10 +127,12 @@ def run_hydra(config_name: str, runner, argv: list[str]) -> None:
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN and "trainer" in cfg:
             pin_job_device(cfg, int(hc.job.num))
+        run_dir = Path(hc.runtime.output_dir)
         try:
-            return runner(cfg, Path(hc.runtime.output_dir))
-        except ClipassoError as e:
-            fail(str(e))
+            return runner(cfg, run_dir)
+        except Exception as e:
+            boundary(e, continue_hint(config_name, cfg, run_dir))
+            raise  # a bug: Hydra prints it (the whole traceback with HYDRA_FULL_ERROR=1)
 
     sys.argv = [f"clipasso-pl {config_name}", *argv]
     task()
@@ -114,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
         if "--help" not in rest and "-h" not in rest and "--cfg" not in rest:
             check_overrides(config_name, rest)
         run_hydra(config_name, runner, rest)
-    except ClipassoError as e:
-        fail(str(e))
+    except Exception as e:
+        boundary(e)
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)

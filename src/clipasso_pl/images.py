@@ -28,14 +28,19 @@ MIN_SIDE = 8
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, e.filename or str(path)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a failed write names no file: name the one we meant
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
 
@@ -82,7 +87,11 @@ def open_image_rgba(path: str | Path, what: str = "target") -> Image.Image:
     if path.stat().st_size == 0:
         raise ClipassoError(f"{what} {path} is an empty file: {hint}")
     try:
-        img = Image.open(path)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as e:
+            raise ClipassoError(f"{what} {path} is refused by Pillow as a possible decompression bomb ({e}): "
+                                "downscale it or pass a smaller image") from None
         if img.format == "JPEG" and img.width * img.height > MAX_DECODE_PIXELS:
             scale = (img.width * img.height / MAX_DECODE_PIXELS) ** 0.5
             img.draft("RGB", (int(img.width / scale), int(img.height / scale)))

@@ -244,8 +244,15 @@ def report(sweep: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     return paths
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are a ClipassoError: one line and exit 2, like every command."""
+
+    def error(self, message: str):
+        raise ClipassoError(f"{message}: usage: clipasso-pl report <multirun dir> [--out <dir>]")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(prog="clipasso-pl report", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="clipasso-pl report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="a multirun directory (Hydra's multirun/<date>/<time>)")
     parser.add_argument("--out", default=None, help="where to write the report (default: the sweep directory)")
     args = parser.parse_args(argv)

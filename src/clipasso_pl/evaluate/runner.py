@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ClipassoError
 from ..images import atomic_write_text, load_target
 from .data import Dataset, Job, find_sketch, finished, load_dataset, make_jobs, shard_jobs
-from .metrics import CI_KINDS, confidence_interval, recognition
+from .metrics import confidence_interval, recognition
 from .report import (METRICS, GridCell, ResultRow, grid, load_paper_numbers, log_to_wandb, paper_values,
                      write_outputs)
 
@@ -33,19 +33,11 @@ EVALUATE_KEYS = ("data", "levels", "sketches", "eval", "shard", "num_shards")
 
 
 def check_config(cfg: DictConfig) -> list[int]:
-    """The levels as ints; refuses values that cannot work, naming the key."""
-    levels = list(cfg.levels or [])
-    if not levels:
-        raise ClipassoError("levels=[] is empty: give the stroke counts to evaluate, e.g. levels=[4,8,16,32]")
-    if any(int(v) < 1 for v in levels) or len(set(levels)) != len(levels):
-        raise ClipassoError(f"levels={levels}: give distinct stroke counts of at least 1")
-    if not cfg.seeds:
-        raise ClipassoError("seeds=[] is empty: give at least one seed, e.g. seeds=[0]")
-    if cfg.eval.ci not in CI_KINDS:
-        raise ClipassoError(f"eval.ci={cfg.eval.ci}: use one of {', '.join(CI_KINDS)}")
-    if not 0 < float(cfg.eval.ci_level) < 1:
-        raise ClipassoError(f"eval.ci_level={cfg.eval.ci_level} must be in (0, 1), e.g. 0.95")
-    return sorted(int(v) for v in levels)
+    """The levels, sorted; the values were checked against the schema (``config.validate``)."""
+    from ..config import validate
+
+    validate(cfg, "evaluate")
+    return sorted(cfg.levels)
 
 
 def job_config(cfg: DictConfig, job: Job) -> DictConfig:
@@ -139,7 +131,7 @@ def run_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     store = sketch_store(cfg, run_dir)
     per_seed = bool(cfg.eval.get("per_seed", False))
     jobs = make_jobs(dataset, levels, list(cfg.seeds), store, per_seed=per_seed)
-    shard, num_shards = int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1))
+    shard, num_shards = cfg.get("shard", 0), cfg.get("num_shards", 1)
     mine = shard_jobs(jobs, shard, num_shards)
     print(f"[evaluate] {len(dataset.photos)} photos in {len(dataset.class_dirs)} classes x levels {levels}: "
           f"{len(jobs)} sketch jobs, {len(mine)} in shard {shard}/{num_shards}; sketches in {store}", flush=True)
@@ -165,7 +157,7 @@ def measure(cfg: DictConfig, run_dir: Path, dataset: Dataset, levels: list[int],
     from .classifier import ZeroShotClassifier
 
     e = cfg.eval
-    canvas = int(cfg.canvas)
+    canvas = cfg.canvas
     renderer = instantiate(cfg.renderer)
     clf = ZeroShotClassifier(e.classifier, e.pretrained, list(e.templates), bool(e.ensemble),
                              classifier_device(cfg), int(e.batch_size))
@@ -204,8 +196,8 @@ def measure(cfg: DictConfig, run_dir: Path, dataset: Dataset, levels: list[int],
         add_row(f"{level} strokes", "sketch", level, images, [j.photo.index for j in level_jobs], [str(f) for f in files])
     if e.random_baseline:
         for level in levels:
-            images = random_sketches(renderer, len(dataset.photos), level, canvas, float(cfg.half_width),
-                                     float(cfg.init.get("radius", 0.05)), seed=int(cfg.seeds[0]))
+            images = random_sketches(renderer, len(dataset.photos), level, canvas, cfg.half_width,
+                                     cfg.init.get("radius", 0.05), seed=cfg.seeds[0])
             add_row(f"random {level} strokes (floor)", "random", level, images, [p.index for p in dataset.photos],
                     ["random"] * len(dataset.photos))
     # Sketch rows first (by strokes), then the ceiling, then the floor rows: the paper's order of reading.

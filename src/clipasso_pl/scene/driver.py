@@ -35,30 +35,16 @@ from .ratios import simplicity_ratios, step_size
 
 # Keys that do not change what a finished stage contains (so they may differ between runs
 # sharing a matrix_dir).
-_VOLATILE = ("cells", "matrix_dir", "layers", "levels", "logger", "trainer", "save_interval", "tile_size", "hydra")
+_VOLATILE = ("cells", "matrix_dir", "layers", "levels", "logger", "trainer", "save_interval", "tile_size", "hydra",
+             "experiment")
 
 
 # ----------------------------------------------------------------- config checks
-def validate(cfg: DictConfig) -> None:
-    """Refuse config values that cannot work, naming the key and the fix."""
-    if not cfg.layers:
-        raise ClipassoError("layers=[] is empty: give at least one ViT block, e.g. layers=[2,8,11]")
-    if len(set(cfg.layers)) != len(cfg.layers):
-        raise ClipassoError(f"layers={list(cfg.layers)} repeats a layer: give distinct layers")
-    if int(cfg.levels) < 1:
-        raise ClipassoError(f"levels={cfg.levels}: run at least one simplicity level")
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ClipassoError(f"seeds={list(cfg.seeds or [])}: give one or more distinct seeds, e.g. seeds=[0,1000]")
-    if int(cfg.strokes) < 1:
-        raise ClipassoError(f"strokes={cfg.strokes}: the number of strokes must be at least 1")
-    for key in ("fidelity.background_steps", "fidelity.foreground_steps", "fidelity.foreground_steps_deep",
-                "simplicity.steps"):
-        if int(OmegaConf.select(cfg, key)) < 1:
-            raise ClipassoError(f"{key}={OmegaConf.select(cfg, key)}: run at least 1 step")
-    if not 0 < float(cfg.simplicity.keep_threshold) < 1:
-        raise ClipassoError(f"simplicity.keep_threshold={cfg.simplicity.keep_threshold} must be in (0, 1), e.g. 0.7")
-    if float(cfg.simplicity.temperature) <= 0:
-        raise ClipassoError(f"simplicity.temperature={cfg.simplicity.temperature} must be positive, e.g. 0.2")
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a scene config against the schema (``config.validate``): one ClipassoError naming the bad key."""
+    from ..config import validate as check
+
+    return check(cfg, "scene")
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -141,7 +127,7 @@ class SceneRunner:
         from ..clip import ClipFeatures
 
         self.cfg, self.root, self.inputs, self.fp = cfg, root, inputs, fp
-        self.canvas = int(cfg.canvas)
+        self.canvas = cfg.canvas
         self.clip = ClipFeatures(cfg.clip.model, cfg.clip.pretrained)
         self.renderer = instantiate(cfg.renderer)
         self._init = None
@@ -156,16 +142,16 @@ class SceneRunner:
         return self._init
 
     def loss(self, part: str, layer: int) -> SceneClipLoss:
-        anchor = int(self.cfg.object_anchor_layer) if part == "foreground" else None
-        return SceneClipLoss(self.clip.layer_names, layer, anchor, float(self.cfg.object_anchor_weight), 1.0)
+        anchor = self.cfg.object_anchor_layer if part == "foreground" else None
+        return SceneClipLoss(self.clip.layer_names, layer, anchor, self.cfg.object_anchor_weight, 1.0)
 
     def module(self, part: str, layer: int, initial_points: torch.Tensor, **kwargs) -> SceneSketchModule:
         cfg = self.cfg
         return SceneSketchModule(
             target=self.inputs.target(part, self.canvas), clip=self.clip, loss=self.loss(part, layer),
             augment=instantiate(cfg.augment), renderer=self.renderer, initial_points=initial_points,
-            seeds=list(cfg.seeds), half_width=float(cfg.half_width), lr=float(cfg.lr), width_lr=float(cfg.width_lr),
-            hidden=int(cfg.hidden), offset_scale=float(cfg.offset_scale), gradnorm=bool(cfg.gradnorm), **kwargs)
+            seeds=list(cfg.seeds), half_width=cfg.half_width, lr=cfg.lr, width_lr=cfg.width_lr,
+            hidden=cfg.hidden, offset_scale=cfg.offset_scale, gradnorm=cfg.gradnorm, **kwargs)
 
     def fit(self, module: SceneSketchModule, folder: Path, steps: int, callbacks: list) -> float:
         from ..api import build_logger
@@ -217,23 +203,23 @@ class SceneRunner:
             return done
         cfg, fid = self.cfg, self.cfg.fidelity
         target = self.inputs.target(part, self.canvas)
-        results = [self.init(target, int(cfg.strokes), torch.Generator().manual_seed(int(s))) for s in cfg.seeds]
+        results = [self.init(target, cfg.strokes, torch.Generator().manual_seed(s)) for s in cfg.seeds]
         initial = torch.stack([r.points for r in results])  # [S, N, 4, 2]
         if results[0].saliency is not None:
             from ..init import overlay
 
             save_png(folder / "attention.png", overlay(target, results[0].saliency, results[0].starts))
-        module = self.module(part, layer, initial, eval_start=int(fid.eval_start), eval_interval=int(fid.eval_interval),
+        module = self.module(part, layer, initial, eval_start=fid.eval_start, eval_interval=fid.eval_interval,
                              select="lowest")
         if part == "background":
-            steps = int(fid.background_steps)
+            steps = fid.background_steps
         else:
-            steps = int(fid.foreground_steps_deep if layer >= int(fid.deep_layer) else fid.foreground_steps)
+            steps = fid.foreground_steps_deep if layer >= fid.deep_layer else fid.foreground_steps
         callbacks = []
-        if int(cfg.save_interval) > 0:
+        if cfg.save_interval > 0:
             from ..callbacks import SketchSnapshot
 
-            callbacks.append(SketchSnapshot(int(cfg.save_interval)))
+            callbacks.append(SketchSnapshot(cfg.save_interval))
         seconds = self.fit(module, folder, steps, callbacks)
         seed_index = module.best()[0]
         return self.finish(module, folder, part, folder.parent / part, {"layer": layer, "level": None, "ratio": None},
@@ -244,7 +230,7 @@ class SceneRunner:
         sim = self.cfg.simplicity
         sizes = sim.background_step_sizes if part == "background" else sim.foreground_step_sizes
         step = step_size(layer, list(sim.step_layers), list(sizes))
-        return simplicity_ratios(fidelity.loss, int(self.cfg.levels), step, int(sim.halvings))
+        return simplicity_ratios(fidelity.loss, self.cfg.levels, step, sim.halvings)
 
     def level(self, part: str, layer: int, level: int, previous: Stage, ratio: float) -> Stage:
         folder = cell_dir(self.root, layer, level) / part
@@ -253,15 +239,15 @@ class SceneRunner:
             return done
         sim = self.cfg.simplicity
         state = previous.state()
-        keep_mask = state["keep_mask"] if bool(sim.nested) else None
+        keep_mask = state["keep_mask"] if sim.nested else None
         # Level 0 starts a fresh width MLP and fresh Adam states from the fidelity row's location
         # MLP; later levels carry both MLPs and both optimisers' states over (official).
         module = self.module(
-            part, layer, state["initial_points"], eval_start=int(sim.eval_start), eval_interval=int(sim.eval_interval),
-            simplify=True, ratio=ratio, temperature=float(sim.temperature), keep_threshold=float(sim.keep_threshold),
+            part, layer, state["initial_points"], eval_start=sim.eval_start, eval_interval=sim.eval_interval,
+            simplify=True, ratio=ratio, temperature=sim.temperature, keep_threshold=sim.keep_threshold,
             keep_mask=keep_mask, location_states=state["location"], width_states=state["width"],
             optimizer_state=state.get("optimizer"), stream_offset=7919 * (level + 1), select="zscore")
-        steps = int(sim.steps)
+        steps = sim.steps
         seconds = self.fit(module, folder, steps, [])
         return self.finish(module, folder, part, folder.parent / part, {"layer": layer, "level": level, "ratio": ratio},
                            seconds, steps, state["initial_points"])
@@ -274,9 +260,9 @@ class SceneRunner:
         strokes erased inside the object mask, the object's strokes drawn over them (the
         darker pixel wins). combined.svg holds every kept stroke of both parts.
         """
-        size = int(self.cfg.combined_size)
+        size = self.cfg.combined_size
         scale = size / self.canvas
-        width_scale = float(self.cfg.combined_width_scale)
+        width_scale = self.cfg.combined_width_scale
         layers, all_points, all_widths = {}, [], []
         for part in PARTS:
             stage = stages.get(part)
@@ -336,7 +322,7 @@ def collect(root: Path, cfg: DictConfig, fp: str) -> dict:
                          "strokes_kept": {p: s.meta["strokes_kept"] for p, s in stages.items()},
                          "seconds": sum(s.meta["seconds"] for s in stages.values()),
                          "files": str(cell_dir(root, layer, None).relative_to(root))})
-        for level in range(int(cfg.levels)):
+        for level in range(cfg.levels):
             stages = {p: load_stage(cell_dir(root, layer, level) / p, fp) for p in parts}
             if not all(stages.values()):
                 continue
@@ -354,7 +340,7 @@ def collect(root: Path, cfg: DictConfig, fp: str) -> dict:
 
 def write_matrix(root: Path, cfg: DictConfig, results: dict) -> Path:
     """``matrix.png``: rows = layers, columns = simplicity levels, each tile the combined sketch."""
-    layers, levels = [int(x) for x in cfg.layers], int(cfg.levels)
+    layers, levels = list(cfg.layers), cfg.levels
     tiles, captions = {}, {}
     for cell in results["cells"]:
         r, c = layers.index(cell["layer"]), cell["level"]
@@ -362,7 +348,7 @@ def write_matrix(root: Path, cfg: DictConfig, results: dict) -> Path:
             tiles[(r, c)] = im.copy()
         captions[(r, c)] = f"{cell['strokes_kept']['combined']} strokes"
     picture = matrix_picture(tiles, [f"layer {layer}" for layer in layers], [f"level {k}" for k in range(levels)],
-                             captions, int(cfg.tile_size),
+                             captions, cfg.tile_size,
                              title=f"{Path(str(resolve_target(cfg.target))).name}: rows = fidelity (ViT block), "
                                    "columns = simplicity")
     return save_png(root / "matrix.png", picture)
@@ -375,11 +361,11 @@ def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
     validate(cfg)
     root = Path(cfg.matrix_dir or run_dir)
     ensure_writable(root)
-    wanted = parse_cells(cfg.cells, [int(x) for x in cfg.layers], int(cfg.levels))
+    wanted = parse_cells(cfg.cells, list(cfg.layers), cfg.levels)
     inputs = prepare_inputs(
-        cfg.target, list(cfg.parts), cfg.mask, cfg.background, int(cfg.max_size), str(cfg.square),
-        int(cfg.dilation), int(cfg.inpaint_radius), str(cfg.inpaint_method), bool(cfg.resize_obj),
-        float(cfg.object_fraction), cfg.mask_model, cfg.lama_weights)
+        cfg.target, list(cfg.parts), cfg.mask, cfg.background, cfg.max_size, cfg.square,
+        cfg.dilation, cfg.inpaint_radius, cfg.inpaint_method, cfg.resize_obj,
+        cfg.object_fraction, cfg.mask_model, cfg.lama_weights)
     fp = check_matrix_dir(root, cfg)
     inputs.save(root / "inputs")
     atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -390,10 +376,10 @@ def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
     wall = time.perf_counter() - start
     results = collect(root, cfg, fp)
     matrix = write_matrix(root, cfg, results)
-    expected = len(cfg.layers) * int(cfg.levels)
+    expected = len(cfg.layers) * cfg.levels
     summary = {
-        "target": str(resolve_target(cfg.target)), "layers": [int(x) for x in cfg.layers], "levels": int(cfg.levels),
-        "parts": list(cfg.parts), "strokes": int(cfg.strokes), "seeds": list(cfg.seeds),
+        "target": str(resolve_target(cfg.target)), "layers": [int(x) for x in cfg.layers], "levels": cfg.levels,
+        "parts": list(cfg.parts), "strokes": cfg.strokes, "seeds": list(cfg.seeds),
         "inpainting": inputs.inpainting,
         "clip_model": cfg.clip.model, "clip_weights": str(cfg.clip.pretrained) if cfg.clip.pretrained else "random",
         "complete": len(results["cells"]) == expected, "cells_done": len(results["cells"]), "cells_total": expected,

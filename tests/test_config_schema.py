@@ -1,0 +1,183 @@
+"""The schema (clipasso_pl.config.SCHEMA): every key of every command has a type and a range, and a bad
+value is one line naming the key, refused before any model loads. The cases are generated from the
+schema itself, so a key added there is covered here without a new test."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from clipasso_pl import cli
+from clipasso_pl.config import SCHEMA, compose, config_dir, doc_of, validate
+from clipasso_pl.errors import ClipassoError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compositions(command: str) -> list[list[str]]:
+    """Compositions of ``command`` that together pick every option of every config group in its
+    defaults list (composition i takes option i of each group), so every YAML key of the command
+    appears in one of them."""
+    defaults = yaml.safe_load((config_dir() / f"{command}.yaml").read_text())["defaults"]
+    groups = [next(iter(d)) for d in defaults if isinstance(d, dict)]
+    options = {g: [p.stem for p in sorted((config_dir() / g).glob("*.yaml"))] for g in groups
+               if "/" not in g and not g.startswith("optional") and (config_dir() / g).is_dir()}
+    out = [[f"{g}={opts[i]}" for g, opts in options.items() if i < len(opts)]
+           for i in range(max(len(o) for o in options.values()))]
+    return [[]] + out
+
+
+_ABSENT = object()
+
+
+def has(cfg, key: str) -> bool:
+    return OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
+
+
+@pytest.fixture(scope="module")
+def composed():
+    """command -> [(overrides, composed config)] for every composition (each is checked by compose)."""
+    return {command: [(ov, compose(command, ov)) for ov in compositions(command)] for command in SCHEMA}
+
+
+def cases():
+    """(command, key, bad value) for every key of every command: one of the wrong type, one out of range."""
+    for command, schema in SCHEMA.items():
+        for key, spec in schema.items():
+            yield command, key, spec.wrong_type()
+            if spec.out_of_range() is not None:
+                yield command, key, spec.out_of_range()
+
+
+def check_with_override(cfg, command: str, key: str, text: str) -> None:
+    """validate(``cfg`` with ``key=text`` applied as Hydra applies a command-line override, with its
+    own parser); ``cfg`` is put back afterwards."""
+    value = OverridesParser.create().parse_override(f"{key}={text}").value()
+    parent, _, leaf = key.rpartition(".")
+    container = OmegaConf.select(cfg, parent) if parent else cfg
+    old = container._get_node(leaf)._value()
+    old = OmegaConf.to_container(old, resolve=False) if OmegaConf.is_config(old) else old
+    OmegaConf.update(cfg, key, value, merge=False)
+    try:
+        validate(cfg, command)
+    finally:
+        OmegaConf.update(cfg, key, old, merge=False)
+
+
+def test_every_yaml_key_has_a_schema_entry_and_every_composition_passes(composed):
+    for command, configs in composed.items():
+        assert len(configs) >= 5 and len(configs[1][0]) >= 5, (command, [ov for ov, _ in configs])  # groups found
+        for overrides, cfg in configs:
+            validate(cfg, command)  # compose already did; a YAML key without a schema entry fails there
+
+
+def test_a_yaml_key_without_schema_entry_fails_composing(tmp_path):
+    cfg = compose("sketch", ["preset=smoke"], check=False)
+    OmegaConf.set_struct(cfg, False)
+    cfg.clip.new_switch = True  # what a YAML key nobody added to SCHEMA looks like
+    with pytest.raises(ClipassoError, match=r"clip\.new_switch is not a key of clipasso-pl sketch.*SCHEMA"):
+        validate(cfg, "sketch")
+
+
+def test_every_number_has_a_range_and_every_key_a_doc():
+    for command, schema in SCHEMA.items():
+        for key, spec in schema.items():
+            kinds = [o.kind for o in spec.options] if spec.kind == "any" else [spec.kind]
+            if any(k in ("int", "float", "int_list", "float_list") for k in kinds):
+                assert spec.out_of_range() is not None, f"{command}: {key} is a number without a range"
+            doc = REPO / doc_of(command, key)
+            files = sorted(doc.glob("*.yaml")) if doc.is_dir() else [doc]
+            leaf = re.compile(rf"^\s*{re.escape(key.rsplit('.', 1)[-1])}:", re.M)
+            # the key is written (and commented) there
+            assert any(leaf.search(f.read_text()) for f in files if f.is_file()), (command, key, doc)
+
+
+def test_every_bad_value_of_every_key_is_one_line_naming_it(composed):
+    """All (command, key, value) cases: the value is applied to the first composition that has the key
+    and checked as the CLI checks it (compose -> validate)."""
+    checked = 0
+    for command, key, bad in cases():
+        overrides, cfg = next(((ov, c) for ov, c in composed[command] if has(c, key)), (None, None))
+        assert cfg is not None, f"{command}: schema key {key} is in no composition of configs/{command}.yaml"
+        with pytest.raises(ClipassoError) as info:
+            check_with_override(cfg, command, key, bad)
+        message = str(info.value)
+        assert "\n" not in message and f"{key}=" in message and "(see configs/" in message, (command, key, bad, message)
+        checked += 1
+    assert checked > 300
+
+
+# One key of each kind per command goes through the real CLI entry, in-process: compose, validate,
+# one line on stderr, exit 2, before any model loads.
+def cli_cases():
+    for command, schema in SCHEMA.items():
+        seen = set()
+        for key, spec in schema.items():
+            kind = (spec.kind, bool(spec.choices), spec.null)
+            if kind in seen:
+                continue
+            seen.add(kind)
+            for bad in (spec.wrong_type(), spec.out_of_range()):
+                if bad is not None:
+                    yield command, key, bad
+
+
+@pytest.mark.parametrize("command, key, bad", list(cli_cases()))
+def test_cli_refuses_a_bad_value_in_one_line(command, key, bad, composed, capsys, tmp_path):
+    overrides = next(ov for ov, c in composed[command] if has(c, key))
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, *overrides, f"{key}={bad}", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert info.value.code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and key in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run directory
+
+
+@pytest.mark.parametrize("value, message", [
+    ("strokes=abc", "strokes=abc is not an integer"),
+    ("strokes=1.5", "strokes=1.5 is not an integer"),  # never truncated to 1
+    ("lr=-1", "lr=-1 is out of range"),
+    ("lr=inf", "lr=inf is not finite"),
+    ("canvas=0", "canvas=0 is out of range"),
+    ("seeds=[0,0]", "seeds=[0,0] repeats"),
+    ("clip.conv_layer_weights=[1,1]", "has 5 layers"),
+    ("steps=${nothing}", "steps=${nothing} does not resolve"),
+])
+def test_named_examples(value, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sketch", "preset=smoke", value, f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_numbers_are_typed_after_validation():
+    cfg = compose("sketch", ["preset=smoke", "lr=2", "half_width=1", "clip.conv_layer_weights=[0,0,1,1,0]"])
+    assert isinstance(cfg.lr, float) and isinstance(cfg.half_width, float)
+    assert all(isinstance(w, float) for w in cfg.clip.conv_layer_weights)
+    assert compose("sketch", ["clip.fc_weight=nan"]).clip.fc_weight != 0  # NaN passes: the non-finite guard's test
+
+
+def test_saved_and_built_configs_are_checked_too(tmp_path):
+    """run_sketch checks what it is given (a resumed run's config.yaml, an evaluate job), not only the CLI."""
+    from clipasso_pl.api import run_sketch
+
+    cfg = compose("sketch", ["preset=smoke"], check=False)
+    cfg.strokes = 0
+    with pytest.raises(ClipassoError, match="strokes=0"):
+        run_sketch(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_choices_agree_with_the_code_that_uses_them():
+    """The schema spells choices out (the CLI checks them before importing torch); they are the code's."""
+    from clipasso_pl.evaluate.metrics import CI_KINDS
+    from clipasso_pl.init.stroke_init import MODES
+    from clipasso_pl.scene.inputs import PARTS
+
+    assert set(SCHEMA["sketch"]["init.mode"].choices) == set(MODES)
+    assert set(SCHEMA["evaluate"]["eval.ci"].choices) == set(CI_KINDS)
+    assert set(SCHEMA["scene"]["parts"].choices) == set(PARTS)
