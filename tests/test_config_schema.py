@@ -25,6 +25,9 @@ def compositions(command: str) -> list[list[str]]:
     groups = [next(iter(d)) for d in defaults if isinstance(d, dict)]
     options = {g: [p.stem for p in sorted((config_dir() / g).glob("*.yaml"))] for g in groups
                if "/" not in g and not g.startswith("optional") and (config_dir() / g).is_dir()}
+    own = config_dir() / command / "preset"  # scene/preset: a preset exists for the scene only when it has a file here
+    if "preset" in options and own.is_dir():
+        options["preset"] = [p for p in options["preset"] if (own / f"{p}.yaml").is_file()]
     out = [[f"{g}={opts[i]}" for g, opts in options.items() if i < len(opts)]
            for i in range(max(len(o) for o in options.values()))]
     return [[]] + out
