@@ -151,7 +151,7 @@ def check_dead_run(run: Path, line: str) -> None:
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "summary.json").exists()
     points = read_svg(run / "best.svg")[0]  # the best so far, whole
     assert points.shape == (16, 4, 2) and torch.isfinite(points).all()
-    progress = json.loads((run / "progress.json").read_text())
+    progress = json.loads((run / "best_so_far.json").read_text())
     assert progress["best_seed"] == 0 and progress["best_loss"] > 0
     assert not [p for p in run.rglob("*.tmp")]  # no half-written temporaries left behind
     assert not (run / "seeds" / "seed0" / "snapshots" / "step00039.svg").exists()  # it did stop early

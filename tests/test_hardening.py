@@ -170,7 +170,7 @@ def test_kill_and_resume_gives_the_same_best_svg(tmp_path):
     proc.wait()
     assert ckpt.exists() and not (killed / "summary.json").exists()
     assert read_svg(killed / "best.svg")[0].shape[0] == 16  # the best so far is on disk from the first eval
-    assert json.loads((killed / "progress.json").read_text())["best_step"] >= 0
+    assert json.loads((killed / "best_so_far.json").read_text())["best_step"] >= 0
 
     res = cli("sketch", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_hydra'}")
     assert res.returncode == 0, res.stderr[-3000:]

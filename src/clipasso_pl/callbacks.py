@@ -127,7 +127,7 @@ class BestSketch(pl.Callback):
     """Tracks the step with the lowest eval loss per seed, and the best seed overall.
 
     Writes ``seeds/seed<k>/best.{svg,png}``, the overall ``best.{svg,png}`` and
-    ``progress.json`` (the best so far, at which step) after the first eval, with every
+    ``best_so_far.json`` (the best so far, at which step) after the first eval, with every
     checkpoint, at fit end and when training stops on an exception, so a run that dies
     (a full disk, a kill) keeps a whole best-so-far from its first eval on. With no evals
     (``eval_interval=0``) the first seed's final strokes are the best sketch, and the
@@ -204,8 +204,8 @@ class BestSketch(pl.Callback):
             save_sketch(module, pts, seed_dir(trainer, seed) / "best", **self.best_strokes(i))
         i = self.best_seed_index
         save_sketch(module, self.best_points[i], run_dir(trainer) / "best", **self.best_strokes(i))
-        progress = {**self.summary(module), "step": int(trainer.global_step)}
-        atomic_write_text(run_dir(trainer) / "progress.json", json.dumps(progress, indent=2) + "\n")
+        so_far = {**self.summary(module), "step": int(trainer.global_step)}
+        atomic_write_text(run_dir(trainer) / "best_so_far.json", json.dumps(so_far, indent=2) + "\n")
 
     def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
         self.write(trainer, module)  # the best files agree with the checkpoint a resume starts from
