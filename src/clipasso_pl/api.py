@@ -15,6 +15,7 @@ import warnings
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .accel import apply_speed_config, check_speed_config
 from .errors import ClipassoError
 from .images import atomic_write_text, load_target, resolve_target, save_png
 
@@ -53,6 +54,7 @@ def validate(cfg: DictConfig) -> None:
         raise ClipassoError(f"steps={cfg.steps}: run at least 1 step")
     if float(cfg.half_width) <= 0:
         raise ClipassoError(f"half_width={cfg.half_width} must be positive")
+    check_speed_config(cfg)
 
 
 def target_path(cfg: DictConfig) -> Path:
@@ -84,6 +86,7 @@ def build_module(cfg: DictConfig, target: torch.Tensor):
     from .module import SketchModule
 
     clip, loss = build_clip(cfg.clip)
+    apply_speed_config(cfg, clip)
     return SketchModule(
         target=target,
         clip=clip,

@@ -1,0 +1,56 @@
+"""Speed switches of the GPU path, all off by default (the official code runs plain float32).
+
+``precision`` is Lightning's (``32-true`` or ``bf16-mixed``: the CLIP forward/backward in
+bfloat16 under autocast, the renderer, augmentation and loss in float32, see
+``SketchModule.full_precision``); ``tf32`` and ``cudnn_benchmark`` are process-wide backend
+flags set here; ``channels_last`` and ``compile_clip`` change the CLIP tower
+(``ClipFeatures.speed``). On a CPU, tf32 and cudnn_benchmark change nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from .errors import ClipassoError
+
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def check_speed_config(cfg: DictConfig) -> None:
+    """Refuse speed-switch values that cannot work, naming the key and the fix."""
+    precision = str(cfg.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ClipassoError(f"precision={precision} is not supported: use one of {', '.join(PRECISIONS)}")
+    tf32 = cfg.get("tf32", None)
+    if tf32 is not None and not isinstance(tf32, bool):
+        raise ClipassoError(f"tf32={tf32} must be true, false or null (PyTorch's defaults)")
+    for key in ("channels_last", "compile_clip", "cudnn_benchmark"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ClipassoError(f"{key}={cfg.get(key)} must be true or false")
+
+
+def set_backend_flags(tf32: bool | None = None, cudnn_benchmark: bool = False) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions (None: PyTorch's defaults, i.e. matmul
+    float32 and cuDNN convolutions TF32), and cuDNN autotuning. Process-wide."""
+    if tf32 is not None:
+        precision = "tf32" if tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
+def apply_speed_config(cfg: DictConfig, clip) -> None:
+    """Set the backend flags and the CLIP tower's switches of a sketch config."""
+    set_backend_flags(cfg.get("tf32", None), bool(cfg.get("cudnn_benchmark", False)))
+    clip.speed(channels_last=bool(cfg.get("channels_last", False)), compile=bool(cfg.get("compile_clip", False)))
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (timing boundaries only; a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
