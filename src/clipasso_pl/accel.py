@@ -25,9 +25,16 @@ def check_speed_config(cfg: DictConfig) -> None:
     tf32 = cfg.get("tf32", None)
     if tf32 is not None and not isinstance(tf32, bool):
         raise ClipassoError(f"tf32={tf32} must be true, false or null (PyTorch's defaults)")
-    for key in ("channels_last", "compile_clip", "cudnn_benchmark"):
+    for key in ("channels_last", "cudnn_benchmark"):
         if not isinstance(cfg.get(key, False), bool):
             raise ClipassoError(f"{key}={cfg.get(key)} must be true or false")
+    compile_clip = cfg.get("compile_clip", False)
+    if not isinstance(compile_clip, bool):
+        import torch._dynamo
+
+        if str(compile_clip) not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ClipassoError(f"compile_clip={compile_clip}: use true, false or a torch.compile backend "
+                                f"({', '.join(torch._dynamo.list_backends())})")
 
 
 def set_backend_flags(tf32: bool | None = None, cudnn_benchmark: bool = False) -> None:
@@ -46,7 +53,7 @@ def set_backend_flags(tf32: bool | None = None, cudnn_benchmark: bool = False) -
 def apply_speed_config(cfg: DictConfig, clip) -> None:
     """Set the backend flags and the CLIP tower's switches of a sketch config."""
     set_backend_flags(cfg.get("tf32", None), bool(cfg.get("cudnn_benchmark", False)))
-    clip.speed(channels_last=bool(cfg.get("channels_last", False)), compile=bool(cfg.get("compile_clip", False)))
+    clip.speed(channels_last=bool(cfg.get("channels_last", False)), compile=cfg.get("compile_clip", False))
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -82,10 +82,11 @@ def initial_points(cfg: DictConfig) -> torch.Tensor | None:
     return (points * scale).expand(len(cfg.seeds), -1, -1, -1).clone()
 
 
-def build_module(cfg: DictConfig, target: torch.Tensor):
+def build_module(cfg: DictConfig, target: torch.Tensor, clip_and_loss: tuple | None = None):
+    """The SketchModule of a sketch config; ``clip_and_loss`` reuses an already built (CLIP, loss) pair."""
     from .module import SketchModule
 
-    clip, loss = build_clip(cfg.clip)
+    clip, loss = clip_and_loss or build_clip(cfg.clip)
     apply_speed_config(cfg, clip)
     return SketchModule(
         target=target,

@@ -98,16 +98,21 @@ class ClipFeatures(nn.Module):
         self.channels_last = False
         self._features = self._eager_features
 
-    def speed(self, channels_last: bool = False, compile: bool = False) -> "ClipFeatures":
+    def speed(self, channels_last: bool = False, compile: bool | str = False) -> "ClipFeatures":
         """Speed switches, numerically equivalent to float tolerance.
 
         channels_last: NHWC memory format for a ResNet tower's weights and input (no effect on a ViT);
-        compile: ``torch.compile`` the tower's forward (each new input shape or grad mode compiles once).
+        compile: ``torch.compile`` the tower's forward, True for the default backend (inductor) or a
+        backend name (e.g. ``aot_eager``); each new input shape or grad mode compiles once.
         """
         self.channels_last = bool(channels_last) and not self.is_vit
         if self.channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
-        self._features = torch.compile(self._eager_features, dynamic=False) if compile else self._eager_features
+        if compile:
+            backend = "inductor" if compile is True else str(compile)
+            self._features = torch.compile(self._eager_features, backend=backend, dynamic=False)
+        else:
+            self._features = self._eager_features
         return self
 
     def _eager_features(self, x: Tensor) -> dict[str, Tensor]:
