@@ -56,6 +56,18 @@ def apply_speed_config(cfg: DictConfig, clip) -> None:
     clip.speed(channels_last=bool(cfg.get("channels_last", False)), compile=cfg.get("compile_clip", False))
 
 
+def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Copy a tensor made on the host (e.g. drawn from a per-seed CPU generator) to ``device``.
+
+    To a GPU the copy goes through pinned memory without blocking: a copy from pageable memory
+    would wait for the GPU's queue to drain (a host sync every step).
+    """
+    t = t if dtype is None else t.to(dtype)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for the device's queued work (timing boundaries only; a no-op on the CPU)."""
     device = torch.device(device)
