@@ -25,12 +25,14 @@ def seed_dir(trainer: pl.Trainer, seed: int) -> Path:
     return run_dir(trainer) / "seeds" / f"seed{seed}"
 
 
-def save_sketch(module: SketchModule, points: torch.Tensor, stem: Path) -> None:
-    """Write ``stem``.svg and ``stem``.png for one sketch. points: [N, 4, 2]."""
+def save_sketch(module: SketchModule, points: torch.Tensor, stem: Path, image: torch.Tensor | None = None) -> None:
+    """Write ``stem``.svg and ``stem``.png for one sketch. points: [N, 4, 2]; image: its render [3, H, W] if known."""
     strokes = module.strokes(points[None].to(module.points))
     write_svg(stem.with_suffix(".svg"), points, strokes.half_widths[0], strokes.opacities[0], module.height, module.width)
-    with torch.no_grad():
-        save_png(stem.with_suffix(".png"), module.render(points[None].to(module.points))[0])
+    if image is None:
+        with torch.no_grad():
+            image = module.render(points[None].to(module.points))[0]
+    save_png(stem.with_suffix(".png"), image)
 
 
 class SaliencyInit(pl.Callback):
@@ -132,14 +134,26 @@ class SketchSnapshot(pl.Callback):
         self.save_interval = save_interval
         self.png = png
 
+    def due(self, trainer, step: int) -> bool:
+        return trainer.global_rank == 0 and self.save_interval > 0 and step % self.save_interval == 0
+
     def on_train_batch_start(self, trainer, module: SketchModule, batch, batch_idx) -> None:
         step = trainer.global_step
-        if trainer.global_rank != 0 or self.save_interval <= 0 or step % self.save_interval:
-            return
-        for seed, pts in zip(module.seeds, module.points.detach()):
+        evaluates = module.eval_interval > 0 and step % module.eval_interval == 0
+        if self.due(trainer, step) and not evaluates:  # on eval steps: written at batch end from the eval's render
+            self.write(trainer, module, step, module.points.detach())
+
+    def on_train_batch_end(self, trainer, module: SketchModule, outputs, batch, batch_idx) -> None:
+        record = module.last_eval
+        if record is not None and self.due(trainer, record.step):
+            self.write(trainer, module, record.step, record.points, record.sketches)
+
+    def write(self, trainer, module: SketchModule, step: int, points: torch.Tensor, sketches=None) -> None:
+        """Every seed's points [S, N, 4, 2] (and their renders [S, 3, H, W] when known) as step<step>.svg/png."""
+        for i, (seed, pts) in enumerate(zip(module.seeds, points)):
             stem = seed_dir(trainer, seed) / "snapshots" / f"step{step:05d}"
             if self.png:
-                save_sketch(module, pts, stem)
+                save_sketch(module, pts, stem, None if sketches is None else sketches[i])
             else:
                 s = module.strokes(pts[None])
                 write_svg(stem.with_suffix(".svg"), pts, s.half_widths[0], s.opacities[0], module.height, module.width)

@@ -42,12 +42,14 @@ class EvalRecord:
 
     terms: per-seed values [S] of every named loss term (``loss`` is the total).
     points: the control points that were evaluated [S, N, 4, 2].
+    sketches: their renders [S, 3, H, W] (reused by the snapshots: no second render).
     """
 
     step: int
     terms: dict[str, Tensor]
     points: Tensor
     active: Tensor | None = None
+    sketches: Tensor | None = None
 
 
 class SketchModule(pl.LightningModule):
@@ -182,11 +184,12 @@ class SketchModule(pl.LightningModule):
         """Loss on the plain (sketch, target) pair of every seed, no augmentation."""
         if self._target_eval_feats is None:
             self._target_eval_feats = {k: v.expand(len(self.seeds), *v.shape[1:]) for k, v in self.clip(self.target).items()}
-        sketch_feats = self.clip(self.render())
+        sketches = self.render()
+        sketch_feats = self.clip(sketches)
         with self.full_precision():
             terms = self.loss_fn(sketch_feats, self._target_eval_feats, len(self.seeds))
         return EvalRecord(int(self.global_step), {k: v.detach() for k, v in terms.items()},
-                          self.points.detach().clone(), self.active.clone())
+                          self.points.detach().clone(), self.active.clone(), sketches)
 
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
@@ -237,19 +240,20 @@ class SketchModule(pl.LightningModule):
         ok = loss_ok if grad is None else loss_ok & torch.isfinite(grad).all()
         self.count_nonfinite(int(self.global_step), loss_ok, ok)
         # Step, then put back what must not change, with device-side selects instead of host branches:
-        # a non-finite step keeps the points and Adam's state; a stopped seed keeps its points
+        # a non-finite step keeps every parameter and its Adam state; a stopped seed keeps its points
         # (Adam's momentum would keep moving it).
-        state = optimizer.state.get(self.points, {})
-        saved = {k: v.clone() for k, v in state.items() if isinstance(v, Tensor)}
-        before = self.points.detach().clone()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved = [(p, p.detach().clone(), {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
+                                          if isinstance(v, Tensor)}) for p in params]
         optimizer.step()
         with torch.no_grad():
-            move = (ok & self.active).view(-1, *[1] * (self.points.dim() - 1))
-            self.points.copy_(torch.where(move, self.points, before))
-            for k, v in optimizer.state[self.points].items():
-                if isinstance(v, Tensor):
-                    old = saved[k] if k in saved else torch.zeros_like(v)
-                    v.copy_(torch.where(ok.to(v.device), v, old))
+            for p, before, state in saved:
+                keep = (ok & self.active).view(-1, *[1] * (p.dim() - 1)) if p is self.points else ok
+                p.copy_(torch.where(keep, p, before))
+                for k, v in optimizer.state[p].items():
+                    if isinstance(v, Tensor):
+                        old = state[k] if k in state else torch.zeros_like(v)
+                        v.copy_(torch.where(ok.to(v.device), v, old))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         step = int(self.global_step) - 1  # the step just taken
