@@ -198,8 +198,11 @@ def bare_loop(module, cfg: DictConfig, device: torch.device, warmup: int, steps:
         train_sum = sum(per_phase.values())
         # The eval runs once per interval: its cost per step is its median / the interval.
         per_phase["eval"] = median(phases["eval"]) / interval if interval > 0 and phases["eval"] else 0.0
+        minima = {p: min(v) for p, v in phases.items() if p != "eval" and v}
         out.update(phases_ms=per_phase, phases_sum_ms=sum(per_phase.values()),
-                   train_step_median_ms=median(whole), phases_over_step=train_sum / median(whole))
+                   train_step_median_ms=median(whole), phases_over_step=train_sum / median(whole),
+                   phases_min_ms=minima, train_step_min_ms=min(whole, default=float("nan")),
+                   phases_over_step_min=sum(minima.values()) / min(whole, default=float("nan")))
     return out
 
 
@@ -243,14 +246,16 @@ def bench_row(cfg: DictConfig, target: torch.Tensor, device: torch.device, loops
     steps = warmup + -(-repeats // interval) * interval  # whole eval intervals are timed
     clip_and_loss = build_clip(cfg.clip)
     row: dict = {"timed_steps": steps - warmup}
-    if "bare" in loops:
-        phased = bare_loop(build_module(cfg, target, clip_and_loss), cfg, device, warmup, steps, phased=True)
-        plain = bare_loop(build_module(cfg, target, clip_and_loss), cfg, device, warmup, steps, phased=False)
+    if "phases" in loops:
         # phases_over_step: the per-phase medians of a training step (eval excluded) over the median of
-        # whole-timed training steps of the same run: 1 when the phases cover the step.
-        row.update(phases_ms=phased["phases_ms"], phases_sum_ms=phased["phases_sum_ms"],
-                   train_step_median_ms=phased["train_step_median_ms"], phases_over_step=phased["phases_over_step"],
-                   bare_step_ms=plain["step_ms"], bare_step_median_ms=plain["step_median_ms"])
+        # whole-timed training steps of the same run: 1 when the phases cover the step; the same with
+        # minima (_min), steadier on a shared machine where noise only adds.
+        phased = bare_loop(build_module(cfg, target, clip_and_loss), cfg, device, warmup, steps, phased=True)
+        row.update({k: phased[k] for k in ("phases_ms", "phases_sum_ms", "train_step_median_ms", "phases_over_step",
+                                           "phases_min_ms", "train_step_min_ms", "phases_over_step_min")})
+    if "bare" in loops:
+        plain = bare_loop(build_module(cfg, target, clip_and_loss), cfg, device, warmup, steps, phased=False)
+        row.update(bare_step_ms=plain["step_ms"], bare_step_median_ms=plain["step_median_ms"])
     if "trainer" in loops:
         t = trainer_loop(build_module(cfg, target, clip_and_loss), cfg, device, warmup, steps)
         row.update(trainer_step_ms=t["step_ms"], trainer_step_median_ms=t["step_median_ms"],
@@ -274,8 +279,8 @@ def fmt(value, digits: int = 1) -> str:
 
 def markdown(report: dict) -> str:
     """One table row per (model, S, variant): phase medians, their sum, bare and trainer steps, overhead (ms)."""
-    head = ["model", "S", "variant", *PHASES, "phases sum", "bare step", "trainer step", "trainer - bare",
-            "fixed overhead (median)", "fixed overhead (mean)"]
+    head = ["model", "S", "variant", *PHASES, "phases sum", "train step (median)", "phases / step",
+            "bare step", "trainer step", "trainer - bare", "fixed overhead (median)", "fixed overhead (mean)"]
     lines = [f"Device: {report['device']} ({report['machine'].get('gpu', report['machine']['processor'] or 'cpu')}), "
              f"torch {report['machine']['torch']}, {report['machine']['threads']} threads, load average "
              f"{', '.join(f'{x:.2f}' for x in report['machine']['load_average'])}; ms per step, "
@@ -287,7 +292,8 @@ def markdown(report: dict) -> str:
             continue
         ph = r.get("phases_ms", {})
         cells = [r["model"], str(r["num_seeds"]), r["variant"], *(fmt(ph.get(p), 2) for p in PHASES),
-                 fmt(r.get("phases_sum_ms"), 2), fmt(r.get("bare_step_ms"), 2), fmt(r.get("trainer_step_ms"), 2),
+                 fmt(r.get("phases_sum_ms"), 2), fmt(r.get("train_step_median_ms"), 2), fmt(r.get("phases_over_step"), 3),
+                 fmt(r.get("bare_step_ms"), 2), fmt(r.get("trainer_step_ms"), 2),
                  fmt(r.get("overhead_ms"), 2), fmt(r.get("fixed_overhead_ms"), 2),
                  fmt(r.get("fixed_overhead_mean_ms"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
