@@ -3,8 +3,8 @@
 For each CLIP model (random weights), number of seeds S and speed variant (configs/bench.yaml)
 it times the training step of :class:`SketchModule` on the chosen device:
 
-- **bare, per phase**: the step's own code (render, augment, target forward, sketch forward
-  + loss, backward, Adam with the non-finite/stopped-seed selects, and the eval every
+- **phases**: the step's own code (render, augment, target forward, sketch forward + loss,
+  backward, Adam with the non-finite/stopped-seed selects, and the eval every
   ``eval_interval`` steps, amortised) in a plain loop, with a device synchronisation around
   every phase on even steps and around the whole step on odd steps (same machine load):
   the per-phase medians of a training step should sum to the median whole step
