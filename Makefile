@@ -9,7 +9,7 @@ EXPERIMENT ?=
 EXP := $(or $(EXPERIMENT),default)
 SWEEP_DIR = multirun/$(EXP)/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: install sketch test bench-render sweep clean
+.PHONY: install sketch test bench bench-render sweep clean
 
 install: $(STAMP)
 
@@ -32,8 +32,13 @@ sweep: install
 	$(VENV)/bin/clipasso-pl sketch experiment=$(EXP) hydra.sweep.dir=$$dir $(ARGS) && \
 	$(VENV)/bin/clipasso-pl report $$dir
 
-bench-render: install
+# The full training step per phase, bare loop vs Trainer (configs/bench.yaml), e.g. ARGS="preset=smoke".
+bench: install
 	$(VENV)/bin/clipasso-pl bench $(ARGS)
+
+# The renderer alone (forward, forward+backward), e.g. ARGS="--threads 1".
+bench-render: install
+	$(VENV)/bin/clipasso-pl bench bench=render $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -16,15 +16,28 @@ from clipasso_pl.errors import ClipassoError
 REPO = Path(__file__).resolve().parents[1]
 
 
+def groups_of(name: str) -> list[str]:
+    """The config groups in the defaults list of configs/<name>.yaml, through the primary configs it
+    builds on (bench.yaml starts from sketch.yaml) and ``override`` entries."""
+    groups: list[str] = []
+    for d in yaml.safe_load((config_dir() / f"{name}.yaml").read_text())["defaults"]:
+        if isinstance(d, str) and d != "_self_" and (config_dir() / f"{d}.yaml").is_file():
+            found = groups_of(d)
+        elif isinstance(d, dict):
+            found = [next(iter(d)).removeprefix("override ")]
+        else:
+            found = []
+        groups += [g for g in found if g not in groups]
+    return groups
+
+
 def compositions(command: str) -> list[list[str]]:
     """Compositions of ``command`` that together pick every option of every config group in its
     defaults list (composition i takes option i of each group), so every YAML key of the command
     appears in one of them."""
-    defaults = yaml.safe_load((config_dir() / f"{command}.yaml").read_text())["defaults"]
-    groups = [next(iter(d)) for d in defaults if isinstance(d, dict)]
-    options = {g: [p.stem for p in sorted((config_dir() / g).glob("*.yaml"))] for g in groups
+    options = {g: [p.stem for p in sorted((config_dir() / g).glob("*.yaml"))] for g in groups_of(command)
                if "/" not in g and not g.startswith("optional") and (config_dir() / g).is_dir()}
-    own = config_dir() / command / "preset"  # scene/preset: a preset exists for the scene only when it has a file here
+    own = config_dir() / command / "preset"  # scene/, bench/: a preset of their own keys, when it has a file there
     if "preset" in options and own.is_dir():
         options["preset"] = [p for p in options["preset"] if (own / f"{p}.yaml").is_file()]
     out = [[f"{g}={opts[i]}" for g, opts in options.items() if i < len(opts)]

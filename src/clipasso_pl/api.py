@@ -15,6 +15,7 @@ import warnings
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .accel import apply_speed_config
 from .errors import ClipassoError, user_error
 from .images import atomic_write_text, resolve_target, save_png
 from .sketch_target import load_sketch_target
@@ -115,12 +116,15 @@ def build_text_guide(cfg: DictConfig):
     return ClipTextGuide(cfg.text_clip.model, cfg.text_clip.pretrained, str(cfg.text_target))
 
 
-def build_module(cfg: DictConfig, target: torch.Tensor, mask: torch.Tensor | None = None):
+def build_module(cfg: DictConfig, target: torch.Tensor, mask: torch.Tensor | None = None,
+                 clip_and_loss: tuple | None = None):
     """The SketchModule of ``cfg`` for ``target`` [3, H, W]; ``mask`` [H, W] (bool) restricts the
-    saliency map when ``mask_object_attention`` is on."""
+    saliency map when ``mask_object_attention`` is on; ``clip_and_loss`` reuses an already built
+    (CLIP, loss) pair."""
     from .module import SketchModule
 
-    clip, loss = build_clip(cfg.clip)
+    clip, loss = clip_and_loss or build_clip(cfg.clip)
+    apply_speed_config(cfg, clip)
     init = instantiate(cfg.init)
     if cfg.get("mask_object_attention") and mask is not None:
         init.attention_mask = mask

@@ -43,12 +43,15 @@ def write_sketch_svg(module: SketchModule, strokes, stem: Path) -> None:
 
 
 def save_sketch(module: SketchModule, points: torch.Tensor, stem: Path, opacities: torch.Tensor | None = None,
-                count: int | None = None) -> None:
-    """Write ``stem``.svg and ``stem``.png for one sketch. points: [M, P, 2]; opacities: [M] or None (all 1)."""
+                count: int | None = None, image: torch.Tensor | None = None) -> None:
+    """Write ``stem``.svg and ``stem``.png for one sketch. points: [M, P, 2]; opacities: [M] or None (all 1);
+    image: its render [3, H, W] when already known (an eval step's), else rendered here."""
     strokes = sketch_strokes(module, points, opacities, count)
     write_sketch_svg(module, strokes, stem)
-    with torch.no_grad():
-        save_png(stem.with_suffix(".png"), module.renderer.render(strokes, module.height, module.width)[0])
+    if image is None:
+        with torch.no_grad():
+            image = module.renderer.render(strokes, module.height, module.width)[0]
+    save_png(stem.with_suffix(".png"), image)
 
 
 def seed_opacities(module: SketchModule) -> list:
@@ -79,23 +82,75 @@ class SaliencyInit(pl.Callback):
 
 
 class LayerLossLogger(pl.Callback):
-    """Logs every named loss term: ``train/<term>`` each step, ``eval/<term>`` and ``eval/loss_seed{i}`` each eval."""
+    """Logs every named loss term: ``train/<term>`` of each step, ``eval/<term>`` and ``eval/loss_seed{i}`` of each eval.
 
-    def __init__(self) -> None:
-        self._t0 = None
+    The values stay on the device: each step only stacks its terms into one tensor, and the
+    buffer is read in one transfer and written to the loggers (with each row's own step) on eval
+    steps, every ``log_interval`` steps, and when training ends, so logging adds no host sync
+    and no Python work per metric to the other steps. ``time/step_s`` is the mean wall time per
+    step since the previous write; the progress bar shows the last eval's loss.
+    """
+
+    def __init__(self, log_interval: int = 10) -> None:
+        self.log_interval = max(1, int(log_interval))
+        self._rows: list[tuple[int, float, torch.Tensor]] = []  # (step, lr, [M, S] terms)
+        self._names: list[str] | None = None
+        self._step = 0
+        self._t_last: float | None = None
+
+    def on_train_start(self, trainer, module) -> None:
+        self._rows, self._t_last = [], time.perf_counter()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
+        self._step = trainer.global_step
 
     def on_train_batch_end(self, trainer, module: SketchModule, outputs, batch, batch_idx) -> None:
-        metrics = {f"train/{k}": v.mean() for k, v in module.last_train.items() if k != "loss"}
-        metrics["time/step_s"] = torch.tensor(time.perf_counter() - self._t0)
-        metrics["train/lr"] = torch.tensor(trainer.optimizers[0].param_groups[0]["lr"])
-        if module.last_eval is not None:
-            terms = module.last_eval.terms
-            metrics.update({f"eval/{k}": v.mean() for k, v in terms.items() if k != "loss"})
-            metrics.update({f"eval/loss_seed{i}": v for i, v in enumerate(terms["loss"])})
-        module.log_dict(metrics)
+        terms = module.last_train
+        if terms is None:
+            return
+        if self._names is None:
+            self._names = list(terms)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self._rows.append((self._step, float(lr), torch.stack([terms[k] for k in self._names])))
+        if module.last_eval is not None or len(self._rows) >= self.log_interval:
+            self.flush(trainer, module, module.last_eval)
+
+    def flush(self, trainer, module, record=None) -> None:
+        """Write the buffered rows (and the eval ``record`` of the last one) to the loggers."""
+        if not self._rows:
+            return
+        now = time.perf_counter()
+        step_s = (now - self._t_last) / len(self._rows) if self._t_last is not None else float("nan")
+        self._t_last = now
+        values = torch.stack([r[2] for r in self._rows]).float().mean(-1).cpu().tolist()  # [k, M]
+        rows = [{f"train/{n}": v for n, v in zip(self._names, row)} for row in values]
+        for (_, lr, _), metrics in zip(self._rows, rows):
+            metrics["train/lr"] = lr
+        last = rows[-1]
+        last["time/step_s"] = step_s
+        if hasattr(module, "nonfinite_total"):
+            last["train/nonfinite_steps"] = float(module.nonfinite_total)
+        if record is not None and record.step == self._rows[-1][0]:
+            names = list(record.terms)
+            per_seed = torch.stack([record.terms[k] for k in names]).float().cpu()  # [M, S]
+            last.update({f"eval/{n}": float(v) for n, v in zip(names, per_seed.mean(-1).tolist())})
+            last.update({f"eval/loss_seed{i}": float(v) for i, v in enumerate(per_seed[names.index("loss")].tolist())})
+            # A CPU value: the progress bar reads it every step without touching the device.
+            module.log("eval/loss", torch.tensor(last["eval/loss"]), prog_bar=True, logger=False)
+        steps = [r[0] for r in self._rows]
+        self._rows = []
+        for lg in trainer.loggers:
+            for step, metrics in zip(steps, rows):
+                lg.log_metrics(metrics, step=step)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.flush(trainer, module)
+
+    def on_exception(self, trainer, module, exception) -> None:
+        try:
+            self.flush(trainer, module)
+        except RuntimeError:  # a broken device: the original exception is the one to report
+            pass
 
 
 class SketchSnapshot(pl.Callback):
@@ -105,14 +160,30 @@ class SketchSnapshot(pl.Callback):
         self.save_interval = save_interval
         self.png = png
 
+    def due(self, trainer, step: int) -> bool:
+        return trainer.global_rank == 0 and self.save_interval > 0 and step % self.save_interval == 0
+
     def on_train_batch_start(self, trainer, module: SketchModule, batch, batch_idx) -> None:
         step = trainer.global_step
-        if trainer.global_rank != 0 or self.save_interval <= 0 or step % self.save_interval:
-            return
-        for seed, pts, ops in zip(module.seeds, module.points.detach(), seed_opacities(module)):
+        evaluates = module.eval_interval > 0 and step % module.eval_interval == 0
+        if self.due(trainer, step) and not evaluates:  # on eval steps: written at batch end from the eval's render
+            self.write(trainer, module, step, module.points.detach(), seed_opacities(module))
+
+    def on_train_batch_end(self, trainer, module: SketchModule, outputs, batch, batch_idx) -> None:
+        record = module.last_eval
+        if record is not None and self.due(trainer, record.step):
+            trained = getattr(record, "opacities", None)  # the scene module's records have none
+            opacities = [None] * len(module.seeds) if trained is None else list(trained)
+            self.write(trainer, module, record.step, record.points, opacities, getattr(record, "sketches", None))
+
+    def write(self, trainer, module: SketchModule, step: int, points: torch.Tensor, opacities: list,
+              sketches: torch.Tensor | None = None) -> None:
+        """Every seed's points [S, M, P, 2], opacities (per seed [M] or None) and, when known, their renders
+        [S, 3, H, W] as step<step>.svg/png."""
+        for i, (seed, pts, ops) in enumerate(zip(module.seeds, points, opacities)):
             stem = seed_dir(trainer, seed) / "snapshots" / f"step{step:05d}"
             if self.png:
-                save_sketch(module, pts, stem, ops)
+                save_sketch(module, pts, stem, ops, image=None if sketches is None else sketches[i])
             else:
                 write_sketch_svg(module, sketch_strokes(module, pts, ops), stem)
 

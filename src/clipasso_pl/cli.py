@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "scene": ("scene", "clipasso_pl.scene.driver:run_scene"),
     "evaluate": ("evaluate", "clipasso_pl.evaluate.runner:run_evaluate"),
     "report": (None, "clipasso_pl.report:main"),
-    "bench": (None, "clipasso_pl.render.bench:main"),
+    "bench": (None, "clipasso_pl.bench:main"),  # bench=render: the renderer benchmark
 }
 
 COMMAND_ENV = "CLIPASSO_PL_COMMAND"

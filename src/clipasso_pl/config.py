@@ -240,6 +240,10 @@ def AnyOf(*options: Spec, **kw) -> Spec:
 PATH = Str(null=True, num=True)  # a file or folder path; null: the documented default
 TARGET = Str()  # a ``_target_``: the class or function Hydra instantiates
 
+# Lightning precisions the step supports: 16-mixed is refused, its GradScaler would silently skip
+# our manual optimizer step.
+PRECISIONS = ("32-true", "bf16-mixed")
+
 # The config groups, shared by the commands that use them (documented in configs/<group>/).
 CLIP_KEYS = {
     "clip.model": Str(num=True),  # any open_clip architecture (open_clip.list_models())
@@ -281,10 +285,12 @@ TRAINER_KEYS = {
     "trainer.deterministic": AnyOf(Bool(), Str(("warn",))),
     "trainer.strategy": Str(num=True),
     "trainer.num_nodes": Int(ge=1),
+    "trainer.precision": Str(PRECISIONS),
 }
 CALLBACK_KEYS = {
     "callbacks.saliency_init._target_": TARGET,
     "callbacks.layer_loss_logger._target_": TARGET,
+    "callbacks.layer_loss_logger.log_interval": Int(ge=1),
     "callbacks.snapshot._target_": TARGET,
     "callbacks.snapshot.save_interval": Int(ge=0),
     "callbacks.best._target_": TARGET,
@@ -344,6 +350,12 @@ SKETCH_RUN_KEYS = {
     "lr_warmup_start": Float(ge=0),
     "official_padding": Bool(),
     "progress": Bool(),
+    # Speed switches (README "The GPU path").
+    "precision": Str(PRECISIONS),
+    "tf32": Bool(null=True),
+    "channels_last": Bool(),
+    "compile_clip": AnyOf(Bool(), Str()),  # true (inductor) or a torch.compile backend name, checked when applied
+    "cudnn_benchmark": Bool(),
 }
 
 SCHEMA: dict[str, dict[str, Spec]] = {
@@ -435,11 +447,38 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
 }
 
+# `clipasso-pl bench`: the sketch keys (its config composes sketch.yaml) and its own bench.* keys.
+# A variant names the speed keys it sets (fp32 is the reference); bench.run picks variants by name.
+BENCH_VARIANTS = {
+    "fp32": {},
+    "bf16": {"precision": "bf16-mixed"},
+    "tf32": {"tf32": True},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile_clip": True},
+    "cudnn_benchmark": {"cudnn_benchmark": True},
+    "bf16_compile": {"precision": "bf16-mixed", "compile_clip": True},
+}
+SCHEMA["bench"] = {
+    **SCHEMA["sketch"],
+    "bench.models": StrList(min_len=1),
+    "bench.num_seeds": IntList(ge=1, min_len=1),
+    "bench.run": StrList(tuple(BENCH_VARIANTS), min_len=1),
+    "bench.cuda_only": StrList(tuple(BENCH_VARIANTS)),
+    "bench.loops": StrList(("phases", "bare", "trainer"), min_len=1, distinct=True),
+    "bench.warmup": Int(ge=0),
+    "bench.repeats": Int(ge=1),
+    "bench.device": Str(("auto", "cpu", "cuda")),
+    "bench.threads": Int(ge=1, null=True),
+    "bench.out": Str(num=True),
+}
+
 _GROUPS = ("clip", "init", "renderer", "logger", "trainer", "callbacks", "eval", "preset")
 
 
 def doc_of(command: str, key: str) -> str:
     """Where ``key`` of ``command`` is documented: its group folder or the command's YAML (and README)."""
+    if command == "bench" and not key.startswith("bench."):  # the bench config starts from sketch.yaml
+        return doc_of("sketch", key)
     spec = SCHEMA[command].get(key)
     if spec is not None and spec.doc:
         return spec.doc

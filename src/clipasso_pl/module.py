@@ -44,6 +44,7 @@ class EvalRecord:
     points: the control points that were evaluated [S, M, P, 2] (M = strokes x num_stages).
     opacities: the trained opacities [S, M] (force_sparse), else None (all 1).
     count: how many of the M strokes were drawn (the strokes of the stages reached).
+    sketches: their renders [S, 3, H, W] (reused by the snapshots: no second render).
     """
 
     step: int
@@ -52,6 +53,7 @@ class EvalRecord:
     active: Tensor | None = None
     opacities: Tensor | None = None
     count: int | None = None
+    sketches: Tensor | None = None
 
 
 class SketchModule(pl.LightningModule):
@@ -138,6 +140,13 @@ class SketchModule(pl.LightningModule):
         # Non-finite steps: skipped, counted, and fatal after max_nonfinite in a row.
         self.register_buffer("nonfinite_total", torch.tensor(0))
         self.register_buffer("nonfinite_in_row", torch.tensor(0))
+        # Kept on the device and read on eval steps only (no host sync per step): the step at which
+        # max_nonfinite in a row was first reached (-1: never), whether the loss or the gradient was
+        # non-finite then, and the mean loss terms of that step.
+        self.register_buffer("nonfinite_stop_step", torch.tensor(-1))
+        self.register_buffer("nonfinite_stop_loss", torch.tensor(False))
+        self.nonfinite_stop_means: Tensor | None = None  # [M] means of the loss terms (last_train order)
+        self.step_finite: Tensor | None = None  # [] bool: this step's total loss is finite
         if initial_points is not None:
             if initial_points.shape != self.points.shape:
                 raise ValueError(f"initial_points must be {tuple(self.points.shape)}, got {tuple(initial_points.shape)}")
@@ -219,17 +228,26 @@ class SketchModule(pl.LightningModule):
         return Strokes(points, points.new_full(points.shape[:2], self.half_width), opacities.to(points),
                        self.control_points_per_seg)
 
+    def full_precision(self):
+        """A float32 region even under a mixed-precision trainer: the renderer's coverage and log-sum
+        compositing, the augmentation and the loss stay float32; only the CLIP runs in bf16/fp16."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def render(self, points: Tensor | None = None, opacities: Tensor | None = None, count: int | None = None) -> Tensor:
         """Sketch pixels [S, 3, H, W] of the current (or given) control points."""
-        return self.renderer.render(self.strokes(points, opacities, count), self.height, self.width)
+        with self.full_precision():
+            return self.renderer.render(self.strokes(points, opacities, count), self.height, self.width)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, sketches: Tensor) -> dict[str, Tensor]:
         """Augmented CLIP loss. sketches: [S, 3, H, W] -> per-seed terms [S]."""
-        sketch_views, target_views = self.augment(sketches, self.target, self.augment_generators)
+        with self.full_precision():
+            sketch_views, target_views = self.augment(sketches, self.target, self.augment_generators)
         with torch.no_grad():
             target_feats = self.clip(target_views)
-        terms = self.loss_fn(self.clip(sketch_views), target_feats, len(self.seeds))
+        sketch_feats = self.clip(sketch_views)
+        with self.full_precision():
+            terms = self.loss_fn(sketch_feats, target_feats, len(self.seeds))
         if self.text_guide is not None:
             terms = self.add_text_term(terms, sketch_views, int(getattr(self.augment, "num_augs", 0)))
         return terms
@@ -254,73 +272,93 @@ class SketchModule(pl.LightningModule):
         if self._target_eval_feats is None:
             self._target_eval_feats = {k: v.expand(len(self.seeds), *v.shape[1:]) for k, v in self.clip(self.target).items()}
         sketches = self.render()
-        terms = self.loss_fn(self.clip(sketches), self._target_eval_feats, len(self.seeds))
+        sketch_feats = self.clip(sketches)
+        with self.full_precision():
+            terms = self.loss_fn(sketch_feats, self._target_eval_feats, len(self.seeds))
         if self.text_guide is not None:
             terms = self.add_text_term(terms, sketches, 0)
         return EvalRecord(int(self.global_step), {k: v.detach() for k, v in terms.items()},
                           self.points.detach().clone(), self.active.clone(),
-                          None if self.opacities is None else self.opacities.detach().clone(), self.visible_strokes())
+                          opacities=None if self.opacities is None else self.opacities.detach().clone(),
+                          count=self.visible_strokes(), sketches=sketches)
 
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
         if self.eval_interval > 0 and step % self.eval_interval == 0:
             self.last_eval = self.evaluate()
-            self.log("eval/loss", self.last_eval.terms["loss"].mean(), prog_bar=True)
         else:
             self.last_eval = None
         terms = self.compute_loss(self.render())
         self.last_train = {k: v.detach() for k, v in terms.items()}
         # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.
         total = (terms["loss"] * self.active).sum()
-        if not torch.isfinite(total):
-            self.skip_nonfinite(step, "loss", terms)
-            return None
-        self.log("train/loss", self.last_train["loss"].mean(), prog_bar=True)
-        if self.opacities is not None:
-            self.log("train/opacity_mean", self.opacities.detach()[:, : self.visible_strokes()].mean())
+        # A non-finite step is skipped in optimizer_step without reading this on the host (no GPU sync);
+        # the values are logged by LayerLossLogger, which reads them on eval steps.
+        self.step_finite = torch.isfinite(total)
+        if self.opacities is not None:  # logged as train/opacity_mean with the loss terms
+            self.last_train["opacity_mean"] = self.opacities.detach()[:, : self.visible_strokes()].mean(dim=1)
         return total
 
-    def skip_nonfinite(self, step: int, what: str, terms: dict[str, Tensor]) -> None:
-        """Count a skipped step; stop the run after ``max_nonfinite`` of them in a row."""
-        self.nonfinite_total += 1
-        self.nonfinite_in_row += 1
-        self.log("train/nonfinite_steps", self.nonfinite_total.float())
-        if int(self.nonfinite_in_row) >= self.max_nonfinite:
-            values = ", ".join(f"{k}={v.mean().item():.4g}" for k, v in terms.items())
-            raise ClipassoError(
-                f"stopped at step {step}: {int(self.nonfinite_in_row)} steps in a row with a non-finite {what} "
-                f"({values}); the best sketch so far is kept; lower lr or check the target image"
-            )
+    @torch.no_grad()
+    def count_nonfinite(self, step: int, loss_ok: Tensor, ok: Tensor) -> None:
+        """Count a skipped step on the device; remember the step where ``max_nonfinite`` in a row was reached."""
+        bad = ~ok
+        self.nonfinite_total += bad
+        self.nonfinite_in_row.add_(bad).mul_(bad)
+        hit = (self.nonfinite_in_row >= self.max_nonfinite) & (self.nonfinite_stop_step < 0)
+        self.nonfinite_stop_step.copy_(torch.where(hit, step, self.nonfinite_stop_step))
+        self.nonfinite_stop_loss.copy_(torch.where(hit, ~loss_ok, self.nonfinite_stop_loss))
+        if self.last_train:
+            means = torch.stack(list(self.last_train.values())).mean(-1)  # [M]: one op, not one per term
+            before = self.nonfinite_stop_means if self.nonfinite_stop_means is not None else torch.zeros_like(means)
+            self.nonfinite_stop_means = torch.where(hit, means, before)
+
+    def check_nonfinite(self) -> None:
+        """Stop the run once ``max_nonfinite`` steps in a row were non-finite (one host read; eval steps only)."""
+        step = int(self.nonfinite_stop_step)
+        if step < 0:
+            return
+        what = "loss" if bool(self.nonfinite_stop_loss) else "gradient"
+        means = [] if self.nonfinite_stop_means is None else self.nonfinite_stop_means.tolist()
+        values = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.last_train or {}, means))
+        raise ClipassoError(
+            f"stopped at step {step}: {self.max_nonfinite} steps in a row with a non-finite {what} "
+            f"({values}); the best sketch so far is kept; lower lr or check the target image"
+        )
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         if self.lr_schedule is not None:  # the points' group only, set before the step as officially
             optimizer.param_groups[0]["lr"] = float(self.lr_schedule(int(self.global_step)))
-        loss = optimizer_closure()  # training_step + backward
-        if loss is None:  # non-finite loss, already counted
-            optimizer.zero_grad()
-            return
+        optimizer_closure()  # training_step + backward
+        loss_ok = self.step_finite if self.step_finite is not None else torch.ones((), dtype=torch.bool, device=self.device)
         trained = [p for p in (self.points, self.opacities) if p is not None]
-        if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in trained):
-            optimizer.zero_grad()
-            self.skip_nonfinite(int(self.global_step), "gradient", self.last_train)
-            return
-        self.nonfinite_in_row.zero_()
+        ok = loss_ok
+        for p in trained:
+            if p.grad is not None:
+                ok = ok & torch.isfinite(p.grad).all()
+        self.count_nonfinite(int(self.global_step), loss_ok, ok)
         if self.num_stages > 1:
             self.freeze_earlier_stages(optimizer)
-        frozen = ~self.active
-        kept = self.points.detach()[frozen].clone()
-        kept_opacities = None if self.opacities is None else self.opacities.detach()[frozen].clone()
+        # Step, then put back what must not change, with device-side selects instead of host branches:
+        # a non-finite step keeps every parameter and its Adam state; a stopped seed keeps its strokes
+        # (Adam's momentum would keep moving it).
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved = [(p, p.detach().clone(), {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
+                                          if isinstance(v, Tensor)}) for p in params]
         optimizer.step()
-        if self.opacities is not None:
-            with torch.no_grad():  # the official code clamps the stroke colour before every render
+        with torch.no_grad():
+            for p, before, state in saved:
+                per_seed = p is self.points or p is self.opacities
+                keep = (ok & self.active).view(-1, *[1] * (p.dim() - 1)) if per_seed else ok
+                p.copy_(torch.where(keep, p, before))
+                for k, v in optimizer.state[p].items():
+                    if isinstance(v, Tensor):
+                        old = state[k] if k in state else torch.zeros_like(v)
+                        v.copy_(torch.where(ok.to(v.device), v, old))
+            if self.opacities is not None:  # the official code clamps the stroke colour before every render
                 self.opacities.clamp_(0.0, 1.0)
                 if self.color_vars_threshold > 0:
                     self.opacities.copy_((self.opacities >= self.color_vars_threshold).to(self.opacities))
-        if frozen.any():  # Adam's momentum would keep moving stopped seeds
-            with torch.no_grad():
-                self.points[frozen] = kept
-                if kept_opacities is not None:
-                    self.opacities[frozen] = kept_opacities
 
     def freeze_earlier_stages(self, optimizer) -> None:
         """In stage k only the strokes added in stage k move; its first step starts a fresh Adam."""
@@ -333,15 +371,25 @@ class SketchModule(pl.LightningModule):
             if p is not None and p.grad is not None:
                 p.grad[:, :first] = 0  # with a fresh Adam, a zero gradient moves nothing
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = int(self.global_step) - 1  # the step just taken
+        interval = self.eval_interval if self.eval_interval > 0 else 10
+        if step % interval == 0:
+            self.check_nonfinite()
+
     def configure_optimizers(self):
+        # capturable: Adam's step count lives on the GPU, so a skipped step can be undone without a host sync.
+        capturable = self.device.type == "cuda"
         if self.opacities is not None:  # one Adam, two groups: the same updates as the official two Adams
-            return torch.optim.Adam([{"params": [self.points]}, {"params": [self.opacities], "lr": self.color_lr}], lr=self.lr)
-        return torch.optim.Adam([self.points], lr=self.lr)
+            groups = [{"params": [self.points]}, {"params": [self.opacities], "lr": self.color_lr}]
+            return torch.optim.Adam(groups, lr=self.lr, capturable=capturable)
+        return torch.optim.Adam([self.points], lr=self.lr, capturable=capturable)
 
     def on_train_start(self) -> None:
         self.clip.eval()
 
     def on_train_end(self) -> None:
+        self.check_nonfinite()
         # Under DDP the strokes must stay identical on every rank; record how far apart they are.
         self.rank_divergence = 0.0
         if self.trainer.world_size > 1:

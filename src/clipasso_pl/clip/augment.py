@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..accel import host_to_device
+
 
 def _randint(low: int, high: int, generator: torch.Generator) -> int:
     return int(torch.randint(low, high, (1,), generator=generator).item())
@@ -169,7 +171,7 @@ class JointAugment(nn.Module):
             return plain_s.repeat_interleave(1 + A, dim=0), plain_t.repeat_interleave(1 + A, dim=0)
         starts, ends, crops = self.draw(generators, H, W)
         grid = view_grid(perspective_coeffs(starts, ends), crops, self.size, H, W)  # [S*A, size, size, 2]
-        grid = grid.to(device=sketch.device, dtype=sketch.dtype)
+        grid = host_to_device(grid, sketch.device, sketch.dtype)  # drawn on the CPU, moved once, no sync
         # Target views never need a gradient (the loss detaches them): detaching here keeps the
         # target out of the sketch's graph while both still go through one grid_sample.
         src = torch.cat([sketch, target.detach()]).repeat_interleave(A, dim=0)  # [2*S*A, C, H, W]

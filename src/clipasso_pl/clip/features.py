@@ -95,6 +95,29 @@ class ClipFeatures(nn.Module):
             self.layer_names = [f"block{i}" for i in range(n)]
         else:
             self.layer_names = list(RESNET_LAYERS)
+        self.channels_last = False
+        self._features = self._eager_features
+
+    def speed(self, channels_last: bool = False, compile: bool | str = False) -> "ClipFeatures":
+        """Speed switches, numerically equivalent to float tolerance.
+
+        channels_last: NHWC memory format for a ResNet tower's weights and input (no effect on a ViT);
+        compile: ``torch.compile`` the tower's forward, True for the default backend (inductor) or a
+        backend name (e.g. ``aot_eager``); each new input shape or grad mode compiles once.
+        """
+        self.channels_last = bool(channels_last) and not self.is_vit
+        if self.channels_last:
+            self.model.visual.to(memory_format=torch.channels_last)
+        if compile:
+            backend = "inductor" if compile is True else str(compile)
+            self._features = torch.compile(self._eager_features, backend=backend, dynamic=False)
+        else:
+            self._features = self._eager_features
+        return self
+
+    def _eager_features(self, x: Tensor) -> dict[str, Tensor]:
+        visual = self.model.visual
+        return vit_features(visual, x) if self.is_vit else resnet_features(visual, x)
 
     def train(self, mode: bool = True):
         # The CLIP stays in eval mode (batch-norm statistics, no dropout) whatever the parent does.
@@ -104,6 +127,6 @@ class ClipFeatures(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         x = prepare(self.model, images)
-        visual = self.model.visual
-        feats = vit_features(visual, x) if self.is_vit else resnet_features(visual, x)
-        return {k: v.float() for k, v in feats.items()}
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return {k: v.float() for k, v in self._features(x).items()}

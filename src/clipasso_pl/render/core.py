@@ -131,7 +131,8 @@ def _search(p: Tensor, r: Tensor, height: int, width: int) -> tuple[Tensor, Tens
         return empty, empty, torch.zeros(0, dtype=dtype, device=device)
 
     # --- stroke patches: control-point bounding box + margin, clipped to the canvas ---
-    size = torch.tensor([width, height], **long)
+    size = torch.full((2,), width, **long)  # filled on the device: torch.tensor([...]) would be a blocking copy
+    size[1] = height
     lo = (p.amin(1) - margin[:, None]).floor().clamp(-1, 1 << 20).long().clamp(min=0).minimum(size)  # [B, 2]
     hi = (p.amax(1) + margin[:, None]).ceil().clamp(-1, 1 << 20).long().add(1).maximum(lo).minimum(size)
     extent = hi - lo  # [B, 2] patch (w, h)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..accel import host_to_device
+
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
@@ -94,7 +96,7 @@ def keep_probabilities(q: Tensor, temperature: float = 0.2, generator: torch.Gen
     """
     logits = _two_class_logits(q)
     if noise:
-        u = torch.rand(logits.shape, generator=generator, dtype=torch.float32).to(q.device, q.dtype)
+        u = host_to_device(torch.rand(logits.shape, generator=generator, dtype=torch.float32), q.device, q.dtype)
         logits = logits - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
     return F.softmax(logits / temperature, dim=-1)[..., 0]
 

@@ -353,9 +353,7 @@ class SceneSketchModule(pl.LightningModule):
         total = terms["loss"].sum()  # summed: seed k's gradient does not depend on the other seeds
         if not torch.isfinite(total):
             return None
-        self.log("train/loss", self.last_train["loss"].mean(), prog_bar=True)
-        if self.last_eval is not None:
-            self.log("eval/loss", self.last_eval.terms["loss"].mean(), prog_bar=True)
+        # train/* and eval/* (and the progress bar's eval loss) are logged by LayerLossLogger.
         return total
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

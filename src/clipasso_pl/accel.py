@@ -1,0 +1,59 @@
+"""Speed switches of the GPU path, all off by default (the official code runs plain float32).
+
+``precision`` is Lightning's (``32-true`` or ``bf16-mixed``: the CLIP forward/backward in
+bfloat16 under autocast, the renderer, augmentation and loss in float32, see
+``SketchModule.full_precision``); ``tf32`` and ``cudnn_benchmark`` are process-wide backend
+flags set here; ``channels_last`` and ``compile_clip`` change the CLIP tower
+(``ClipFeatures.speed``). On a CPU, tf32 and cudnn_benchmark change nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from .errors import ClipassoError
+
+def set_backend_flags(tf32: bool | None = None, cudnn_benchmark: bool = False) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions (None: PyTorch's defaults, i.e. matmul
+    float32 and cuDNN convolutions TF32), and cuDNN autotuning. Process-wide."""
+    if tf32 is not None:
+        precision = "tf32" if tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
+def apply_speed_config(cfg: DictConfig, clip) -> None:
+    """Set the backend flags and the CLIP tower's switches of a sketch config."""
+    compile_clip = cfg.get("compile_clip", False)
+    if not isinstance(compile_clip, bool):  # the schema checked the type; the backend names need torch
+        import torch._dynamo
+
+        if str(compile_clip) not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ClipassoError(f"compile_clip={compile_clip}: use true, false or a torch.compile backend "
+                                f"({', '.join(torch._dynamo.list_backends())})")
+    set_backend_flags(cfg.get("tf32", None), bool(cfg.get("cudnn_benchmark", False)))
+    clip.speed(channels_last=bool(cfg.get("channels_last", False)), compile=cfg.get("compile_clip", False))
+
+
+def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Copy a tensor made on the host (e.g. drawn from a per-seed CPU generator) to ``device``.
+
+    To a GPU the copy goes through pinned memory without blocking: a copy from pageable memory
+    would wait for the GPU's queue to drain (a host sync every step).
+    """
+    t = t if dtype is None else t.to(dtype)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (timing boundaries only; a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
