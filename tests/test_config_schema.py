@@ -158,6 +158,8 @@ def test_choices_agree_with_the_code_that_uses_them():
     from clipasso_pl.evaluate.metrics import CI_KINDS
     from clipasso_pl.init.stroke_init import MODES
     from clipasso_pl.masking import INPAINT_METHODS, SQUARE_MODES
+    from clipasso_pl.clip.augment import AUGMENTATIONS
+    from clipasso_pl.losses import CONV_LOSS_TYPES
     from clipasso_pl.scene.inputs import PARTS
 
     assert set(SCHEMA["sketch"]["init.mode"].choices) == set(MODES)
@@ -165,3 +167,5 @@ def test_choices_agree_with_the_code_that_uses_them():
     assert set(SCHEMA["scene"]["parts"].choices) == set(PARTS)
     assert set(SCHEMA["scene"]["square"].choices) == set(SQUARE_MODES)
     assert set(SCHEMA["scene"]["inpaint_method"].choices) == set(INPAINT_METHODS)
+    assert set(SCHEMA["sketch"]["clip.conv_loss_type"].choices) == set(CONV_LOSS_TYPES)
+    assert set(SCHEMA["sketch"]["augment.augmentations"].choices) == set(AUGMENTATIONS)

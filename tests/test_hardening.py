@@ -1,12 +1,6 @@
 """Hardening: bad input, resume after a kill, determinism, non-finite steps."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -18,17 +12,9 @@ from clipasso_pl.config import compose
 from clipasso_pl.images import load_target, resolve_target
 from clipasso_pl.module import step_loader
 from clipasso_pl.strokes import read_svg
+from cli_runs import cli, kill_after_first_checkpoint  # noqa: E402
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 TARGET = "skimage:coffee"
-
-
-def cli_args(*args):
-    return [sys.executable, "-m", "clipasso_pl.cli", *args]
-
-
-def cli(*args, timeout=300):
-    return subprocess.run(cli_args(*args), capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
 def one_line_exit_2(res, needle):
@@ -160,14 +146,7 @@ def test_kill_and_resume_gives_the_same_best_svg(tmp_path):
     assert cli("sketch", *args, f"hydra.run.dir={whole}").returncode == 0
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli_args("sketch", *args, f"hydra.run.dir={killed}"), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt = kill_after_first_checkpoint("sketch", *args, run_dir=killed)
     assert ckpt.exists() and not (killed / "summary.json").exists()
     assert read_svg(killed / "best.svg")[0].shape[0] == 16  # the best so far is on disk from the first eval
     assert json.loads((killed / "best_so_far.json").read_text())["best_step"] >= 0

@@ -5,10 +5,6 @@ and round-trips through ``path_svg`` and ``resume=``.
 """
 
 import io
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -234,26 +230,17 @@ def test_bad_stroke_options_name_the_fix(tmp_path):
 
 
 def test_kill_and_resume_with_every_stroke_option(tmp_path):
-    import os
+    from cli_runs import cli, kill_after_first_checkpoint
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    args = [sys.executable, "-m", "clipasso_pl.cli", "sketch", "preset=smoke", f"target={TARGET}", "steps=8",
-            "num_stages=2", "num_segments=2", "force_sparse=true", "color_lr=0.1", "eval_interval=2", "save_interval=0",
-            "checkpoint_interval=4", "seeds=[0]", "logger=none", "canvas=96", "strokes=4"]
+    args = ["sketch", "preset=smoke", f"target={TARGET}", "steps=8", "num_stages=2", "num_segments=2",
+            "force_sparse=true", "color_lr=0.1", "eval_interval=2", "save_interval=0", "checkpoint_interval=4",
+            "seeds=[0]", "logger=none", "canvas=96", "strokes=4"]
     whole = tmp_path / "whole"
-    res = subprocess.run([*args, f"hydra.run.dir={whole}"], env=env, capture_output=True, text=True, timeout=300)
+    res = cli(*args, f"hydra.run.dir={whole}")
     assert res.returncode == 0, res.stderr[-3000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*args, f"hydra.run.dir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists()
-    res = subprocess.run([sys.executable, "-m", "clipasso_pl.cli", "sketch", f"resume={killed}",
-                          f"hydra.run.dir={tmp_path / 'h'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert kill_after_first_checkpoint(*args, run_dir=killed).exists()
+    res = cli("sketch", f"resume={killed}", f"hydra.run.dir={tmp_path / 'h'}")
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("best.svg", "seeds/seed0/final.svg"):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
