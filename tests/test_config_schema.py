@@ -20,7 +20,7 @@ def groups_of(name: str) -> list[str]:
     """The config groups in the defaults list of configs/<name>.yaml, through the primary configs it
     builds on (bench.yaml starts from sketch.yaml) and ``override`` entries."""
     groups: list[str] = []
-    for d in yaml.safe_load((config_dir() / f"{name}.yaml").read_text())["defaults"]:
+    for d in yaml.safe_load((config_dir() / f"{name}.yaml").read_text()).get("defaults", []):
         if isinstance(d, str) and d != "_self_" and (config_dir() / f"{d}.yaml").is_file():
             found = groups_of(d)
         elif isinstance(d, dict):

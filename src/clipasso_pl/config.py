@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -315,22 +315,9 @@ AUGMENT_KEYS = {
 }
 SEEDS = IntList(ge=0, min_len=1, distinct=True)
 
-# The sketch settings shared by `sketch` and `evaluate` (same names, same meaning).
-SKETCH_RUN_KEYS = {
-    **CLIP_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **CALLBACK_KEYS, **AUGMENT_KEYS,
-    "experiment": Str(null=True, num=True),
-    "fix_scale": Bool(),
-    "canvas": Int(ge=8),
-    "half_width": Float(gt=0),
-    "seeds": SEEDS,
-    "steps": Int(ge=1),
-    "lr": Float(gt=0),
-    "eval_interval": Int(ge=0),
-    "save_interval": Int(ge=0),
-    "log_image_interval": Int(ge=0),
-    "checkpoint_interval": Int(ge=0),
-    "max_nonfinite": Int(ge=1),
-    # Options from the official code (README "Options from the official code").
+# The options from the official code and the speed switches: configs/sketch_options.yaml, shared by
+# sketch.yaml and evaluate.yaml (and bench.yaml through sketch.yaml).
+SKETCH_OPTION_KEYS = {k: replace(v, doc="configs/sketch_options.yaml") for k, v in {
     "num_segments": Int(ge=1),
     "control_points_per_seg": Int(ge=2, le=4),
     "force_sparse": Bool(),
@@ -356,6 +343,24 @@ SKETCH_RUN_KEYS = {
     "channels_last": Bool(),
     "compile_clip": AnyOf(Bool(), Str()),  # true (inductor) or a torch.compile backend name, checked when applied
     "cudnn_benchmark": Bool(),
+}.items()}
+
+# The sketch settings shared by `sketch` and `evaluate` (same names, same meaning).
+SKETCH_RUN_KEYS = {
+    **CLIP_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **CALLBACK_KEYS, **AUGMENT_KEYS,
+    "experiment": Str(null=True, num=True),
+    "fix_scale": Bool(),
+    "canvas": Int(ge=8),
+    "half_width": Float(gt=0),
+    "seeds": SEEDS,
+    "steps": Int(ge=1),
+    "lr": Float(gt=0),
+    "eval_interval": Int(ge=0),
+    "save_interval": Int(ge=0),
+    "log_image_interval": Int(ge=0),
+    "checkpoint_interval": Int(ge=0),
+    "max_nonfinite": Int(ge=1),
+    **SKETCH_OPTION_KEYS,
 }
 
 SCHEMA: dict[str, dict[str, Spec]] = {
