@@ -347,6 +347,18 @@ def test_progress_gif_has_one_frame_per_snapshot_of_the_best_seed(tmp_path):
     assert not list(off.run_dir.glob("progress.*"))
 
 
+def test_progress_frames_draw_each_step_as_its_snapshot_did(tmp_path):
+    """With trained opacities and stages, a frame shows that step's opacities and only its stages' strokes."""
+    result = run_sketch(smoke(steps=4, save_interval=2, num_stages=2, force_sparse=True, color_lr=0.3), tmp_path)
+    gif = Image.open(result.run_dir / "progress.gif")
+    seed = result.run_dir / "seeds" / "seed0"
+    for index, picture in ((0, seed / "snapshots" / "step00000.png"), (gif.n_frames - 1, seed / "final.png")):
+        gif.seek(index)
+        frame = np.asarray(gif.convert("L")).astype(int)
+        differs = np.abs(frame - np.asarray(Image.open(picture).convert("L")).astype(int)) > 32
+        assert differs.sum() <= 5, (picture, int(differs.sum()))  # a missing or extra stroke is hundreds of pixels
+
+
 def test_progress_is_logged_to_wandb_as_a_video(tmp_path):
     import wandb
 

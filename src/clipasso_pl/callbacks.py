@@ -469,22 +469,31 @@ class ProgressAnimation(pl.Callback):
         self.enabled = bool(enabled)
         self.interval = int(interval)
         self.fps = int(fps)
-        self.frames: list[tuple[int, torch.Tensor]] = []  # (step, points [S, N, 4, 2])
+        # (step, points [S, M, P, 2], opacities [S, M] or None, strokes drawn then)
+        self.frames: list[tuple[int, torch.Tensor, torch.Tensor | None, int]] = []
+
+    def frame(self, module: SketchModule, step: int) -> tuple:
+        opacities = getattr(module, "opacities", None)
+        return (step, module.points.detach().cpu().clone(),
+                None if opacities is None else opacities.detach().cpu().clone(), module.visible_strokes(step))
 
     def on_train_batch_start(self, trainer, module: SketchModule, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.enabled and trainer.global_rank == 0 and self.interval > 0 and step % self.interval == 0:
-            self.frames.append((step, module.points.detach().cpu().clone()))
+            self.frames.append(self.frame(module, step))
 
     def on_fit_end(self, trainer, module: SketchModule) -> None:
         if not self.enabled or trainer.global_rank != 0:
             return
         if not self.frames or self.frames[-1][0] != trainer.global_step:
-            self.frames.append((trainer.global_step, module.points.detach().cpu().clone()))
+            self.frames.append(self.frame(module, trainer.global_step))
         best = next((c for c in trainer.callbacks if isinstance(c, BestSketch)), None)
         index = best.best_seed_index if best is not None and best.best_loss is not None else 0
-        with torch.no_grad():
-            pictures = [module.render(points[index][None].to(module.points))[0] for _, points in self.frames]
+        with torch.no_grad():  # each frame as that step drew it: its opacities and the strokes of its stages
+            pictures = [module.render(points[index][None].to(module.points),
+                                      None if opacities is None else opacities[index][None].to(module.points),
+                                      count)[0]
+                        for _, points, opacities, count in self.frames]
         path = write_animation(run_dir(trainer) / "progress", pictures, self.fps)
         from .tracking import wandb_run
 
