@@ -395,3 +395,13 @@ def test_scene_under_bf16_has_no_nonfinite_step():
                          enable_model_summary=False, accelerator="cpu", precision="bf16-mixed", callbacks=[Count()])
     trainer.fit(module, train_dataloaders=step_loader(200))
     assert trainer.global_step == 200 and nonfinite == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_gpu_check_stops_at_once_without_cuda(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    res = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "g.md")], capture_output=True,
+                         text=True, env=ENV, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "needs a CUDA GPU" in lines[0], res.stderr
+    assert not (tmp_path / "g.md").exists()
