@@ -369,9 +369,10 @@ def test_training_step_has_no_host_sync_outside_the_renderer(tmp_path):
 
 @pytest.mark.slow
 def test_scene_under_bf16_has_no_nonfinite_step():
-    """200 simplicity steps (width MLP, Gumbel keep-probabilities, gradnorm) under bf16-mixed: the Gumbel
-    uniforms and the keep-probabilities stay float32 (in bfloat16 ~0.2 % of the uniforms round to 1 and a
-    log becomes -inf), and so does the render. Before: 6 to 15 of 200 steps were non-finite and skipped."""
+    """200 simplicity steps (width MLP, Gumbel keep-probabilities) under bf16-mixed: the Gumbel uniforms and
+    the keep-probabilities stay float32 (in bfloat16 ~0.2 % of the uniforms round to 1 and a log becomes
+    -inf), and so does the render. Before: 6 of these 200 steps were non-finite (15 of 200 with two seeds,
+    6 strokes and gradnorm, which only costs time here: three more backward passes per step)."""
     from clipasso_pl.clip import TINY_VIT, ClipFeatures, JointAugment
     from clipasso_pl.render import TorchRenderer
     from clipasso_pl.scene.losses import SceneClipLoss
@@ -383,7 +384,8 @@ def test_scene_under_bf16_has_no_nonfinite_step():
     initial = 4 + 24 * torch.rand(1, 4, 4, 2, generator=g)
     loss = SceneClipLoss(feats.layer_names, layer=1, anchor_layer=0, anchor_weight=0.5)
     module = SceneSketchModule(target, feats, loss, JointAugment(num_augs=1, size=32), TorchRenderer(), initial,
-                               seeds=[0], hidden=16, simplify=True, ratio=1.0, eval_start=1000, eval_interval=0)
+                               seeds=[0], hidden=16, simplify=True, ratio=1.0, eval_start=1000, eval_interval=0,
+                               gradnorm=False)
     nonfinite = []
 
     class Count(pl.Callback):
