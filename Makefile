@@ -9,7 +9,7 @@ EXPERIMENT ?=
 EXP := $(or $(EXPERIMENT),default)
 SWEEP_DIR = multirun/$(EXP)/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: install sketch test bench bench-render sweep clean
+.PHONY: install sketch test bench bench-render gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ bench: install
 # The renderer alone (forward, forward+backward), e.g. ARGS="--threads 1".
 bench-render: install
 	$(VENV)/bin/clipasso-pl bench bench=render $(ARGS)
+
+# On a CUDA machine, under 8 minutes: the CUDA tests, bench RN101 (fp32, bf16, tf32), a timed 2001-step sketch,
+# 2-GPU DDP where there are two; writes gpu-check.md (scripts/gpu_check.py). Stops at once without CUDA.
+gpu-check: install
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

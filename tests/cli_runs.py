@@ -18,6 +18,12 @@ def cli(*args, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cli_args(*args), capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
+def installed_cli(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`clipasso-pl *args` through the installed console script (the one next to this Python), as a user runs it."""
+    script = Path(sys.executable).parent / "clipasso-pl"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
 def kill_after_first_checkpoint(*args, run_dir: Path, timeout: float = 240) -> Path:
     """Start `clipasso-pl *args` in ``run_dir``, SIGKILL it once ``checkpoints/last.ckpt`` exists; returns that path."""
     proc = subprocess.Popen(cli_args(*args, f"hydra.run.dir={run_dir}"), env=ENV,

@@ -16,15 +16,18 @@ from .errors import ClipassoError
 
 def set_backend_flags(tf32: bool | None = None, cudnn_benchmark: bool = False) -> None:
     """TF32 for float32 matmuls and cuDNN convolutions (None: PyTorch's defaults, i.e. matmul
-    float32 and cuDNN convolutions TF32), and cuDNN autotuning. Process-wide."""
-    if tf32 is not None:
-        precision = "tf32" if tf32 else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
-    else:
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    float32 and cuDNN convolutions TF32), and cuDNN autotuning. Process-wide.
+
+    Only the legacy API (``set_float32_matmul_precision``, ``cudnn.allow_tf32``): Lightning's CUDA
+    setup reads ``torch.get_float32_matmul_precision()``, which raises once the newer
+    ``fp32_precision`` API has also been used. Setting the legacy flags clears such a mix, and the
+    read at the end fails here, in every run, not only in the first one Lightning checks
+    (it checks once per process).
+    """
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # "high": TF32 matmuls
+    torch.backends.cudnn.allow_tf32 = True if tf32 is None else bool(tf32)
     torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+    torch.get_float32_matmul_precision()
 
 
 def apply_speed_config(cfg: DictConfig, clip) -> None:

@@ -29,6 +29,7 @@ class SketchResult:
     best_svg: Path
     best_png: Path
     summary: dict
+    rank: int = 0  # the DDP global rank that returned it (rank 0 writes the files)
 
     @property
     def best_loss(self) -> float:
@@ -190,8 +191,9 @@ def ensure_writable(run_dir: Path) -> None:
     if reason is None:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ".write_test").write_bytes(b"")
-            (run_dir / ".write_test").unlink()
+            probe = run_dir / f".write_test.{os.getpid()}"  # one per process: DDP ranks check the same directory
+            probe.write_bytes(b"")
+            probe.unlink()
         except OSError as e:
             reason = e.strerror
     if reason:
@@ -242,13 +244,13 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
     target = loaded.image
     module = build_module(cfg, target, loaded.mask)
     ensure_writable(run_dir)
-    if ckpt is None:
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    if ckpt is None and trainer.global_rank == 0:  # under DDP, rank 0 alone writes (its rank is known from here on)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         save_png(run_dir / "input.png", target)
         if loaded.mask is not None:
             save_png(run_dir / "mask.png", loaded.mask.float())
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
-    trainer = build_trainer(cfg, run_dir, callbacks)
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     started = datetime.now().isoformat(timespec="milliseconds")
@@ -270,6 +272,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         "experiment": cfg.get("experiment"),
         "world_size": int(trainer.world_size),
         "rank_divergence": getattr(module, "rank_divergence", 0.0),
+        "rank_steps": getattr(module, "rank_steps", [steps_run]),  # the step each DDP rank ended at
         "seeds": list(cfg.seeds),
         "target": str(target_path(cfg)),
         "launched": launched,  # before loading models and the target
@@ -280,7 +283,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         for lg in trainer.loggers:
             lg.log_metrics({"time/total_s": wall}, step=steps_run)
-    return SketchResult(run_dir, run_dir / "best.svg", run_dir / "best.png", summary)
+    return SketchResult(run_dir, run_dir / "best.svg", run_dir / "best.png", summary, int(trainer.global_rank))
 
 
 def pin_job_device(cfg: DictConfig, job_num: int) -> None:

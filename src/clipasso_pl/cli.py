@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import WRITE_ERRNOS, ClipassoError, causes, user_error
@@ -27,7 +28,6 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "bench": (None, "clipasso_pl.bench:main"),  # bench=render: the renderer benchmark
 }
 
-COMMAND_ENV = "CLIPASSO_PL_COMMAND"
 USAGE = "usage: clipasso-pl {" + ",".join(COMMANDS) + "} [key=value ...]   (e.g. clipasso-pl sketch target=photo.png strokes=8)"
 
 
@@ -75,6 +75,8 @@ def sketch_main(cfg, run_dir: Path) -> dict:
 
     result = run_sketch(cfg, run_dir)
     s = result.summary
+    if result.rank != 0:  # a DDP rank > 0: rank 0 reports
+        return s
     if s.get("best_loss") is not None:
         print(f"best sketch: {result.best_svg} (seed {s['best_seed']}, eval loss {s['best_loss']:.5f} "
               f"at step {s['best_step']}; {s['seconds_per_step']:.3f} s/step)")
@@ -98,7 +100,8 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         compose(config_name, plain)
     except (HydraException, OmegaConfBaseException) as e:
         fail(" ".join(str(e).split()) + " (see the keys in configs/" + config_name + ".yaml)")
-    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    # the last one wins; Lightning's DDP relaunch passes it quoted
+    run_dir = next((o.split("=", 1)[1].strip("'\"") for o in reversed(overrides) if o.startswith("hydra.run.dir=")), None)
     if run_dir is None:  # the default outputs/<date>/<time>: check the part that does not change
         import yaml
 
@@ -128,14 +131,56 @@ def run_hydra(config_name: str, runner, argv: list[str]) -> None:
         if hc.mode == RunMode.MULTIRUN and "trainer" in cfg:
             pin_job_device(cfg, int(hc.job.num))
         run_dir = Path(hc.runtime.output_dir)
+        relaunchable(entry, config_name, hc)
         try:
-            return runner(cfg, run_dir)
+            with ddp_session():
+                return runner(cfg, run_dir)
         except Exception as e:
             boundary(e, continue_hint(config_name, cfg, run_dir))
             raise  # a bug: Hydra prints it (the whole traceback with HYDRA_FULL_ERROR=1)
 
-    sys.argv = [f"clipasso-pl {config_name}", *argv]
+    entry = sys.argv[0]
+    sys.argv = [f"clipasso-pl {config_name}", *argv]  # Hydra's usage line names the command
     task()
+
+
+# What Lightning's DDP launcher leaves in the environment of the process that started the ranks.
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def ddp_session():
+    """A job's DDP ranks end with the job: its process group is destroyed and Lightning's variables
+    removed, so the next job of a sweep in this process starts its own ranks (else Lightning would
+    take LOCAL_RANK for an external launcher and reuse the finished group)."""
+    saved = {k: os.environ.get(k) for k in DDP_ENV}
+    try:
+        yield
+    finally:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def relaunchable(entry: str, command: str, hc) -> None:
+    """Make this job's ``sys.argv`` one that Lightning's DDP launcher can re-run for ranks 1..N-1.
+
+    The launcher starts ``python <argv[0]> <argv[1:]>`` (``python -m clipasso_pl.cli <argv[1:]>``
+    under ``python -m``), adding ``hydra.run.dir=<hydra.run.dir>``. So argv[0] is the program that
+    was started (the installed ``clipasso-pl`` script), then the command and this job's own
+    overrides (a sweep job's values, not the sweep), and ``hydra.run.dir`` is this job's directory.
+    """
+    from omegaconf import read_write
+
+    # the other ranks log to the console only: rank 0 alone writes into the run directory
+    sys.argv = [entry, command, *hc.overrides.task, "hydra/job_logging=stdout"]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,11 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0 if argv else 2)
-    if argv[0] not in COMMANDS and os.environ.get("LOCAL_RANK") and os.environ.get(COMMAND_ENV) in COMMANDS:
-        # A DDP worker: Lightning relaunches `python -m clipasso_pl.cli <overrides>` without the command.
-        argv = [os.environ[COMMAND_ENV], *argv]
     command, rest = argv[0], argv[1:]
-    os.environ[COMMAND_ENV] = command
     if command not in COMMANDS:
         fail(f"unknown command '{command}': {USAGE}")
     config_name, spec = COMMANDS[command]

@@ -282,6 +282,7 @@ TRAINER_KEYS = {
     "trainer.enable_checkpointing": Bool(),
     "trainer.enable_model_summary": Bool(),
     "trainer.num_sanity_val_steps": Int(ge=-1),
+    "trainer.use_distributed_sampler": Bool(),
     "trainer.deterministic": AnyOf(Bool(), Str(("warn",))),
     "trainer.strategy": Str(num=True),
     "trainer.num_nodes": Int(ge=1),

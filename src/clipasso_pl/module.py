@@ -36,6 +36,47 @@ def step_loader(steps: int) -> DataLoader:
     return DataLoader(StepDataset(steps), batch_size=None, shuffle=False)
 
 
+def from_rank0(terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rank 0's values of ``terms`` (each [S]) on every rank (one broadcast); themselves outside DDP.
+
+    Every decision taken from an eval (the best step, early stopping) then is rank 0's, taken
+    identically on all ranks: on a GPU the ranks' eval losses can differ in the last bits, and a
+    rank that stopped alone would leave the others waiting in the next all-reduce.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return terms
+    names = list(terms)
+    stacked = torch.stack([terms[k] for k in names]).contiguous()  # [M, S]
+    dist.broadcast(stacked, src=0)
+    return dict(zip(names, stacked.unbind(0)))
+
+
+def adam_capturable(device: torch.device) -> bool:
+    """Adam's ``capturable`` on ``device``: on CUDA its step counts live on the GPU, so a skipped step
+    is undone without a host sync; a CPU Adam refuses it."""
+    return torch.device(device).type == "cuda"
+
+
+def optimizer_follows_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make a loaded Adam state fit ``device``: ``capturable`` by the rule of :func:`adam_capturable`,
+    and the ``step`` counts on ``device`` when capturable, else on the host (as Adam keeps them).
+
+    ``load_state_dict`` keeps the checkpoint's ``capturable``: a GPU checkpoint resumed on a CPU
+    would fail at the first step, a CPU checkpoint resumed on a GPU would read its CPU step counts
+    every step.
+    """
+    capturable = adam_capturable(device)
+    for group in optimizer.param_groups:
+        if "capturable" in group:
+            group["capturable"] = capturable
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if isinstance(step, Tensor):
+            state["step"] = step.to(device if capturable else "cpu")
+
+
 @dataclass
 class EvalRecord:
     """The eval loss at one step, taken before that step's update.
@@ -277,7 +318,8 @@ class SketchModule(pl.LightningModule):
             terms = self.loss_fn(sketch_feats, self._target_eval_feats, len(self.seeds))
         if self.text_guide is not None:
             terms = self.add_text_term(terms, sketches, 0)
-        return EvalRecord(int(self.global_step), {k: v.detach() for k, v in terms.items()},
+        terms = from_rank0({k: v.detach() for k, v in terms.items()})
+        return EvalRecord(int(self.global_step), terms,
                           self.points.detach().clone(), self.active.clone(),
                           opacities=None if self.opacities is None else self.opacities.detach().clone(),
                           count=self.visible_strokes(), sketches=sketches)
@@ -378,8 +420,7 @@ class SketchModule(pl.LightningModule):
             self.check_nonfinite()
 
     def configure_optimizers(self):
-        # capturable: Adam's step count lives on the GPU, so a skipped step can be undone without a host sync.
-        capturable = self.device.type == "cuda"
+        capturable = adam_capturable(self.device)
         if self.opacities is not None:  # one Adam, two groups: the same updates as the official two Adams
             groups = [{"params": [self.points]}, {"params": [self.opacities], "lr": self.color_lr}]
             return torch.optim.Adam(groups, lr=self.lr, capturable=capturable)
@@ -387,11 +428,18 @@ class SketchModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.clip.eval()
+        # After the optimiser state of a checkpoint loaded (Lightning restores it before this hook): a checkpoint
+        # from another device brings that device's `capturable` and `step` placement.
+        for optimizer in self.trainer.optimizers:
+            optimizer_follows_device(optimizer, self.device)
 
     def on_train_end(self) -> None:
         self.check_nonfinite()
         # Under DDP the strokes must stay identical on every rank; record how far apart they are.
         self.rank_divergence = 0.0
+        self.rank_steps = [int(self.global_step)]
         if self.trainer.world_size > 1:
             gathered = self.all_gather(self.points.detach())  # [ranks, S, N, 4, 2]
             self.rank_divergence = float((gathered - gathered[0:1]).abs().max())
+            # the step each rank ended at: the same everywhere when they stopped together
+            self.rank_steps = self.all_gather(torch.tensor(int(self.global_step), device=self.device)).tolist()

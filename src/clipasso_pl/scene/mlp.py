@@ -94,11 +94,15 @@ def keep_probabilities(q: Tensor, temperature: float = 0.2, generator: torch.Gen
     stream; without it the result is the noiseless tempered probability
     q^(1/t) / (q^(1/t) + (1 - q)^(1/t)). Differentiable in q either way.
     """
-    logits = _two_class_logits(q)
-    if noise:
-        u = host_to_device(torch.rand(logits.shape, generator=generator, dtype=torch.float32), q.device, q.dtype)
-        logits = logits - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
-    return F.softmax(logits / temperature, dim=-1)[..., 0]
+    # At least float32, even under a bf16/fp16 autocast: in bfloat16, 1 - 1e-7 and 1 - 1e-6 round to 1,
+    # and a q or a uniform of 1 makes a log -inf (a non-finite step).
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        logits = _two_class_logits(q.to(dtype))
+        if noise:
+            u = host_to_device(torch.rand(logits.shape, generator=generator, dtype=torch.float32), q.device, dtype)
+            logits = logits - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
+        return F.softmax(logits / temperature, dim=-1)[..., 0]
 
 
 def seeded(module_factory, seed: int) -> nn.Module:

@@ -229,8 +229,10 @@ class SceneSketchModule(pl.LightningModule):
         return Strokes(points, keep * self.half_width, torch.ones_like(keep))
 
     def render(self, points: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
-        """Sketch pixels [S, 3, H, W]."""
-        return self.renderer.render(self.strokes(points, keep), self.height, self.width)
+        """Sketch pixels [S, 3, H, W], in float32 even under a mixed-precision trainer (as SketchModule.render:
+        a coverage rounded to 1 would make the log-sum compositing -inf)."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self.renderer.render(self.strokes(points, keep), self.height, self.width)
 
     # ---------------------------------------------------------------- loss
     def seed_parameters(self, i: int, which: str = "all") -> list[Tensor]:
