@@ -24,13 +24,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .choices import INPAINT_METHODS, SQUARE_MODES
 from .errors import ClipassoError
 from .images import open_image_rgba, pad_to_square, pil_to_tensor, to_uint8
 
 MASK_HINT = "pass mask=<mask image>, a target PNG with an alpha channel, or parts=[background] for no object"
-
-
-SQUARE_MODES = ("official", "pad", "squash")
 
 
 def square_image(img: Image.Image, max_size: int = 512, fix_scale: bool = True,
@@ -173,7 +171,6 @@ def inpaint(image: Tensor, mask: Tensor, radius: int = 3, method: str = "telea")
     return torch.from_numpy(filled).permute(2, 0, 1).float() / 255.0
 
 
-INPAINT_METHODS = ("auto", "lama", "telea", "ns")
 LAMA_FILE = "big-lama.pt"
 
 
