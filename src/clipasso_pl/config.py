@@ -251,9 +251,9 @@ CLIP_KEYS = {
 }
 # The sketch loss's weights of that CLIP (configs/clip/weights/; the scene picks its blocks by `layers`).
 CLIP_WEIGHT_KEYS = {
-    "clip.conv_layer_weights": FloatList(ge=0, min_len=1),
+    "clip.conv_layer_weights": FloatList(ge=0, min_len=1, doc="configs/clip/weights/"),
     # NaN is accepted on purpose: clip.fc_weight=nan is how the non-finite step guard is exercised.
-    "clip.fc_weight": Float(ge=0, finite=False),
+    "clip.fc_weight": Float(ge=0, finite=False, doc="configs/clip/weights/"),
 }
 INIT_KEYS = {
     "init._target_": TARGET,
@@ -607,7 +607,7 @@ def _conv_weights_fit_the_model(cfg: DictConfig) -> None:
     if len(weights) != want:
         raise ClipassoError(f"clip.conv_layer_weights={_show(weights)} has {len(weights)} entries but clip.model="
                             f"{cfg.clip.model} has {want} layers ({names}): give one weight per layer "
-                            f"(see configs/clip/)")
+                            f"(see configs/clip/weights/)")
 
 
 def _shard_in_range(cfg: DictConfig) -> None:

@@ -7,8 +7,12 @@ already on disk (weights are never downloaded here). Nothing else guesses an obj
 none of these, :func:`object_mask` raises a :class:`ClipassoError` saying what to pass.
 
 Images here are tensors ``[3, H, W]`` in [0, 1]; masks are bool tensors ``[H, W]``
-(True = object). Square working images come from :func:`square_image`, the same
-padding (``fix_scale``) the core uses for sketch targets.
+(True = object). The scene's square working images come from :func:`square_image`. It is not
+the sketch's loader (:func:`clipasso_pl.sketch_target.config_target`) on purpose: the scene
+squares an RGBA photo whose alpha channel is the object mask, keeps it at up to ``max_size`` px
+(mask dilation and inpainting happen at that size, then each part is resized to the canvas),
+and its official rule squashes a large photo but centre-crops a small one, as the CLIPascene
+code does; the sketch pads (or squashes) straight to the canvas, as the CLIPasso code does.
 """
 
 from __future__ import annotations
