@@ -349,7 +349,8 @@ SKETCH_OPTION_KEYS = {k: replace(v, doc="configs/sketch_options.yaml") for k, v 
 
 # The settings of a sketch run (`sketch`; `evaluate` and `bench` compose sketch.yaml).
 SKETCH_RUN_KEYS = {
-    **CLIP_KEYS, **CLIP_WEIGHT_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **CALLBACK_KEYS, **AUGMENT_KEYS,
+    **CLIP_KEYS, **CLIP_WEIGHT_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **CALLBACK_KEYS,
+    **AUGMENT_KEYS,
     "experiment": Str(null=True, num=True),
     "fix_scale": Bool(),
     "canvas": Int(ge=8),
@@ -623,7 +624,7 @@ def _official_options_fit(cfg: DictConfig) -> None:
                             "(or clip_text_guide=0)")
     if cfg.mask_object_attention and not (cfg.mask or cfg.mask_object):
         raise ClipassoError("mask_object_attention=true needs an object mask: pass mask=<mask image> or mask_object=true")
-    if cfg.num_stages > 1 and cfg.get("path_svg"):
+    if cfg.num_stages > 1 and cfg.path_svg:
         raise ClipassoError(f"path_svg with num_stages={cfg.num_stages} is not supported: start from the SVG with "
                             "num_stages=1")
 
