@@ -7,7 +7,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
 from clipasso_pl.clip import JointAugment
-from clipasso_pl.images import load_target, resolve_target
+from clipasso_pl.images import resolve_target
+from clipasso_pl.sketch_target import load_target
 
 
 def gens(*seeds):

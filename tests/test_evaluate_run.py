@@ -118,7 +118,7 @@ def copy_photos_as_sketches(data: Path, store: Path, levels=(4, 8), skip=lambda 
 def test_sketches_equal_to_photos_find_their_own_photo(evaluated, tmp_path):
     from clipasso_pl.evaluate.classifier import ZeroShotClassifier
     from clipasso_pl.evaluate.data import load_dataset
-    from clipasso_pl.images import load_target
+    from clipasso_pl.sketch_target import load_target
 
     data = evaluated[0]
     store = tmp_path / "sketches"

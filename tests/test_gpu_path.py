@@ -18,7 +18,8 @@ import torch
 
 from clipasso_pl.api import build_module, build_trainer, run_sketch
 from clipasso_pl.config import compose
-from clipasso_pl.images import load_target, resolve_target
+from clipasso_pl.images import resolve_target
+from clipasso_pl.sketch_target import load_target
 from clipasso_pl.module import step_loader
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}

@@ -9,7 +9,8 @@ from PIL import Image
 
 from clipasso_pl.api import build_module, build_trainer, run_sketch
 from clipasso_pl.config import compose
-from clipasso_pl.images import load_target, resolve_target
+from clipasso_pl.images import resolve_target
+from clipasso_pl.sketch_target import load_target
 from clipasso_pl.module import step_loader
 from clipasso_pl.strokes import read_svg
 from cli_runs import cli, kill_after_first_checkpoint  # noqa: E402

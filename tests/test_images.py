@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from clipasso_pl.errors import ClipassoError
-from clipasso_pl.images import atomic_write_text, load_target, open_image, save_png
+from clipasso_pl.images import atomic_write_text, open_image, save_png
+from clipasso_pl.sketch_target import load_target
 
 
 def write(img: Image.Image, path, **kw):

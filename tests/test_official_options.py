@@ -17,10 +17,10 @@ from clipasso_pl.api import build_module, run_sketch
 from clipasso_pl.callbacks import EvalEarlyStopping
 from clipasso_pl.config import compose
 from clipasso_pl.errors import ClipassoError
-from clipasso_pl.images import load_target, resolve_target
+from clipasso_pl.images import resolve_target
 from clipasso_pl.losses import ClipassoLoss
 from clipasso_pl.schedules import official_lr
-from clipasso_pl.sketch_target import load_sketch_target
+from clipasso_pl.sketch_target import load_sketch_target, load_target
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 TARGET = "skimage:coffee"

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from clipasso_pl.api import build_module, run_sketch
 from clipasso_pl.config import compose
-from clipasso_pl.images import load_target
+from clipasso_pl.sketch_target import load_target
 from clipasso_pl.strokes import read_svg
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}

@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from clipasso_pl.api import build_module, build_trainer, run_sketch, total_steps
 from clipasso_pl.config import compose
 from clipasso_pl.errors import ClipassoError
-from clipasso_pl.images import load_target, resolve_target
+from clipasso_pl.images import resolve_target
+from clipasso_pl.sketch_target import load_target
 from clipasso_pl.init import StrokeInit
 from clipasso_pl.module import step_loader
 from clipasso_pl.render import render_strokes

@@ -32,15 +32,15 @@ def set_backend_flags(tf32: bool | None = None, cudnn_benchmark: bool = False) -
 
 def apply_speed_config(cfg: DictConfig, clip) -> None:
     """Set the backend flags and the CLIP tower's switches of a sketch config."""
-    compile_clip = cfg.get("compile_clip", False)
+    compile_clip = cfg.compile_clip
     if not isinstance(compile_clip, bool):  # the schema checked the type; the backend names need torch
         import torch._dynamo
 
         if str(compile_clip) not in torch._dynamo.list_backends(exclude_tags=()):
             raise ClipassoError(f"compile_clip={compile_clip}: use true, false or a torch.compile backend "
                                 f"({', '.join(torch._dynamo.list_backends())})")
-    set_backend_flags(cfg.get("tf32", None), bool(cfg.get("cudnn_benchmark", False)))
-    clip.speed(channels_last=bool(cfg.get("channels_last", False)), compile=cfg.get("compile_clip", False))
+    set_backend_flags(cfg.tf32, bool(cfg.cudnn_benchmark))
+    clip.speed(channels_last=bool(cfg.channels_last), compile=compile_clip)
 
 
 def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .accel import apply_speed_config
 from .errors import ClipassoError, user_error
 from .images import atomic_write_text, resolve_target, save_png
-from .sketch_target import load_sketch_target
+from .sketch_target import config_target
 
 
 @dataclass
@@ -71,7 +71,7 @@ def path_svg_strokes(cfg: DictConfig):
     from .strokes import read_strokes
 
     strokes, (h, w) = read_strokes(cfg.path_svg, num_strokes=cfg.strokes)
-    k, c = cfg.get("num_segments", 1), cfg.get("control_points_per_seg", 4)
+    k, c = cfg.num_segments, cfg.control_points_per_seg
     if (strokes.num_segments, strokes.control_points_per_seg) != (k, c):
         raise ClipassoError(
             f"path_svg {cfg.path_svg} has strokes of {strokes.num_segments} segment(s) of {strokes.control_points_per_seg} "
@@ -91,26 +91,26 @@ def initial_points(cfg: DictConfig) -> torch.Tensor | None:
 
 def initial_opacities(cfg: DictConfig) -> torch.Tensor | None:
     """With force_sparse, the stroke opacities of ``path_svg`` [S, N] (trained from there), else None."""
-    if not cfg.path_svg or not cfg.get("force_sparse", False):
+    if not cfg.path_svg or not cfg.force_sparse:
         return None
     return path_svg_strokes(cfg).opacities.expand(len(cfg.seeds), -1).clone()
 
 
 def lr_schedule(cfg: DictConfig):
     """``lr_scheduler=true``: step -> the official schedule's lr (see :mod:`clipasso_pl.schedules`); else None."""
-    if not cfg.get("lr_scheduler"):
+    if not cfg.lr_scheduler:
         return None
     from functools import partial
 
     from .schedules import official_lr
 
-    return partial(official_lr, lr=cfg.lr, steps=total_steps(cfg), lr_end=cfg.get("lr_end", 0.0),
-                   lr_warmup_steps=cfg.get("lr_warmup_steps", 0), lr_warmup_start=cfg.get("lr_warmup_start", 0.0))
+    return partial(official_lr, lr=cfg.lr, steps=total_steps(cfg), lr_end=cfg.lr_end,
+                   lr_warmup_steps=cfg.lr_warmup_steps, lr_warmup_start=cfg.lr_warmup_start)
 
 
 def build_text_guide(cfg: DictConfig):
     """The CLIP text term of ``text_target`` / ``clip_text_guide``, or None when the weight is 0."""
-    if not cfg.get("clip_text_guide", 0.0):
+    if not cfg.clip_text_guide:
         return None
     from .clip.text import ClipTextGuide
 
@@ -127,7 +127,7 @@ def build_module(cfg: DictConfig, target: torch.Tensor, mask: torch.Tensor | Non
     clip, loss = clip_and_loss or build_clip(cfg.clip)
     apply_speed_config(cfg, clip)
     init = instantiate(cfg.init)
-    if cfg.get("mask_object_attention") and mask is not None:
+    if cfg.mask_object_attention and mask is not None:
         init.attention_mask = mask
     return SketchModule(
         target=target,
@@ -142,37 +142,37 @@ def build_module(cfg: DictConfig, target: torch.Tensor, mask: torch.Tensor | Non
         lr=cfg.lr,
         eval_interval=cfg.eval_interval,
         initial_points=initial_points(cfg),
-        max_nonfinite=cfg.get("max_nonfinite", 10),
-        num_segments=cfg.get("num_segments", 1),
-        control_points_per_seg=cfg.get("control_points_per_seg", 4),
-        force_sparse=cfg.get("force_sparse", False),
-        color_lr=cfg.get("color_lr", 0.01),
-        color_vars_threshold=cfg.get("color_vars_threshold", 0.0),
-        num_stages=cfg.get("num_stages", 1),
+        max_nonfinite=cfg.max_nonfinite,
+        num_segments=cfg.num_segments,
+        control_points_per_seg=cfg.control_points_per_seg,
+        force_sparse=cfg.force_sparse,
+        color_lr=cfg.color_lr,
+        color_vars_threshold=cfg.color_vars_threshold,
+        num_stages=cfg.num_stages,
         stage_steps=cfg.steps,
         initial_opacities=initial_opacities(cfg),
         lr_schedule=lr_schedule(cfg),
         text_guide=build_text_guide(cfg),
-        text_weight=cfg.get("clip_text_guide", 0.0),
+        text_weight=cfg.clip_text_guide,
     )
 
 
 def total_steps(cfg: DictConfig) -> int:
     """Steps of the whole run: ``steps`` per stage."""
-    return cfg.steps * cfg.get("num_stages", 1)
+    return cfg.steps * cfg.num_stages
 
 
 def build_logger(cfg: DictConfig, run_dir: Path):
-    if not cfg.get("logger"):
+    if not cfg.logger:
         return False
-    if cfg.get("resume") and "version" in cfg.logger:  # keep the first part's logs
+    if cfg.get("resume") and "version" in cfg.logger:  # keep the first part's logs (get: a scene config has no resume)
         return instantiate(cfg.logger, save_dir=str(run_dir), version=datetime.now().strftime("resumed-%H-%M-%S-%f"))
     return instantiate(cfg.logger, save_dir=str(run_dir))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
     extra = {}
-    if int(cfg.get("num_stages", 1)) > 1:  # trainer.max_steps (${steps}) counts the steps of one stage
+    if int(cfg.num_stages) > 1:  # trainer.max_steps (${steps}) counts the steps of one stage
         extra["max_steps"] = int(cfg.trainer.max_steps) * int(cfg.num_stages)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg, run_dir), default_root_dir=str(run_dir),
                        **extra)
@@ -233,14 +233,12 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
 
     launched = datetime.now().isoformat(timespec="milliseconds")
     ckpt = None
-    if cfg.get("resume"):
+    if cfg.resume:
         cfg, ckpt = resume_config(cfg.resume)
         run_dir = cfg.resume
     validate(cfg)
     run_dir = Path(run_dir)
-    loaded = load_sketch_target(target_path(cfg), size=cfg.canvas, fix_scale=cfg.fix_scale, mask=cfg.get("mask"),
-                                mask_object=cfg.get("mask_object", False),
-                                official_padding=cfg.get("official_padding", False))
+    loaded = config_target(cfg)
     target = loaded.image
     module = build_module(cfg, target, loaded.mask)
     ensure_writable(run_dir)
@@ -269,7 +267,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         "clip_weights": str(cfg.clip.pretrained) if cfg.clip.pretrained else "random",
         "init": cfg.init.mode,
         "strokes": cfg.strokes,
-        "experiment": cfg.get("experiment"),
+        "experiment": cfg.experiment,
         "world_size": int(trainer.world_size),
         "rank_divergence": getattr(module, "rank_divergence", 0.0),
         "rank_steps": getattr(module, "rank_steps", [steps_run]),  # the step each DDP rank ended at

@@ -117,7 +117,7 @@ class TrainerTimer(pl.Callback):
 
 def autocast_for(cfg: DictConfig, device: torch.device):
     """The autocast region the Trainer's precision plugin puts around training_step."""
-    if str(cfg.get("precision", "32-true")) == "bf16-mixed":
+    if str(cfg.precision) == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -237,10 +237,12 @@ def trainer_loop(module, cfg: DictConfig, device: torch.device, warmup: int, ste
     return times.summary()
 
 
-def bench_row(cfg: DictConfig, target: torch.Tensor, device: torch.device, loops: list[str],
+def bench_row(cfg: DictConfig, target, device: torch.device, loops: list[str],
               warmup: int, repeats: int) -> dict:
-    """Time one (model, S, variant) row in the requested loops; returns the JSON row."""
+    """Time one (model, S, variant) row of ``target`` (a SketchTarget) in the requested loops; returns the JSON row."""
     from .api import build_clip, build_module
+
+    image, mask = target.image, target.mask
 
     interval = max(int(cfg.eval_interval), 1)
     steps = warmup + -(-repeats // interval) * interval  # whole eval intervals are timed
@@ -250,14 +252,14 @@ def bench_row(cfg: DictConfig, target: torch.Tensor, device: torch.device, loops
         # phases_over_step: the per-phase medians of a training step (eval excluded) over the median of
         # whole-timed training steps of the same run: 1 when the phases cover the step; the same with
         # minima (_min), steadier on a shared machine where noise only adds.
-        phased = bare_loop(build_module(cfg, target, clip_and_loss=clip_and_loss), cfg, device, warmup, steps, phased=True)
+        phased = bare_loop(build_module(cfg, image, mask, clip_and_loss=clip_and_loss), cfg, device, warmup, steps, phased=True)
         row.update({k: phased[k] for k in ("phases_ms", "phases_sum_ms", "train_step_median_ms", "phases_over_step",
                                            "phases_min_ms", "train_step_min_ms", "phases_over_step_min")})
     if "bare" in loops:
-        plain = bare_loop(build_module(cfg, target, clip_and_loss=clip_and_loss), cfg, device, warmup, steps, phased=False)
+        plain = bare_loop(build_module(cfg, image, mask, clip_and_loss=clip_and_loss), cfg, device, warmup, steps, phased=False)
         row.update(bare_step_ms=plain["step_ms"], bare_step_median_ms=plain["step_median_ms"])
     if "trainer" in loops:
-        t = trainer_loop(build_module(cfg, target, clip_and_loss=clip_and_loss), cfg, device, warmup, steps)
+        t = trainer_loop(build_module(cfg, image, mask, clip_and_loss=clip_and_loss), cfg, device, warmup, steps)
         row.update(trainer_step_ms=t["step_ms"], trainer_step_median_ms=t["step_median_ms"],
                    fixed_overhead_ms=t["outside_median_ms"], fixed_overhead_mean_ms=t["outside_mean_ms"])
         if "bare" in loops:
@@ -305,14 +307,15 @@ def run_bench(cfg: DictConfig) -> dict:
     from .api import validate
     from .clip import register_tiny_models
     from .config import BENCH_VARIANTS
-    from .images import atomic_write_text, load_target, resolve_target
+    from .images import atomic_write_text
+    from .sketch_target import config_target
 
     b = cfg.bench
     register_tiny_models()
     device = resolve_device(str(b.device))
     if b.threads:
         torch.set_num_threads(int(b.threads))
-    target = load_target(resolve_target(cfg.target), size=int(cfg.canvas), fix_scale=bool(cfg.fix_scale))
+    target = config_target(cfg)  # the sketch's loader: mask, official_padding and all
     rows = []
     for model in b.models:
         for num_seeds in b.num_seeds:

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .choices import (AUGMENTATIONS, CI_KINDS, CONV_LOSS_TYPES, INIT_MODES, INPAINT_METHODS, PARTS, PRECISIONS,
+                      SQUARE_MODES)
 from .errors import ClipassoError
 
 _PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"  # wheel install (force-included)
@@ -240,22 +242,22 @@ def AnyOf(*options: Spec, **kw) -> Spec:
 PATH = Str(null=True, num=True)  # a file or folder path; null: the documented default
 TARGET = Str()  # a ``_target_``: the class or function Hydra instantiates
 
-# Lightning precisions the step supports: 16-mixed is refused, its GradScaler would silently skip
-# our manual optimizer step.
-PRECISIONS = ("32-true", "bf16-mixed")
 
 # The config groups, shared by the commands that use them (documented in configs/<group>/).
 CLIP_KEYS = {
     "clip.model": Str(num=True),  # any open_clip architecture (open_clip.list_models())
     "clip.pretrained": PATH,
-    "clip.conv_layer_weights": FloatList(ge=0, min_len=1),
+    "clip.conv_loss_type": Str(CONV_LOSS_TYPES),
+}
+# The sketch loss's weights of that CLIP (configs/clip/weights/; the scene picks its blocks by `layers`).
+CLIP_WEIGHT_KEYS = {
+    "clip.conv_layer_weights": FloatList(ge=0, min_len=1, doc="configs/clip/weights/"),
     # NaN is accepted on purpose: clip.fc_weight=nan is how the non-finite step guard is exercised.
-    "clip.fc_weight": Float(ge=0, finite=False),
-    "clip.conv_loss_type": Str(("L2", "L1", "Cos")),
+    "clip.fc_weight": Float(ge=0, finite=False, doc="configs/clip/weights/"),
 }
 INIT_KEYS = {
     "init._target_": TARGET,
-    "init.mode": Str(("random", "saliency", "saliency_xdog")),
+    "init.mode": Str(INIT_MODES),
     "init.model": Str(num=True),
     "init.pretrained": PATH,
     "init.temperature": Float(gt=0),
@@ -312,12 +314,12 @@ AUGMENT_KEYS = {
     "augment.distortion_scale": Float(ge=0, le=1),
     "augment.crop_scale": Float(gt=0, le=1),
     "augment.size": Int(ge=8),
-    "augment.augmentations": Str(("affine", "none")),
+    "augment.augmentations": Str(AUGMENTATIONS),
 }
 SEEDS = IntList(ge=0, min_len=1, distinct=True)
 
-# The options from the official code and the speed switches: configs/sketch_options.yaml, shared by
-# sketch.yaml and evaluate.yaml (and bench.yaml through sketch.yaml).
+# The options from the official code and the speed switches: configs/sketch_options.yaml, part of
+# sketch.yaml (and so of evaluate.yaml and bench.yaml, which compose it).
 SKETCH_OPTION_KEYS = {k: replace(v, doc="configs/sketch_options.yaml") for k, v in {
     "num_segments": Int(ge=1),
     "control_points_per_seg": Int(ge=2, le=4),
@@ -346,9 +348,10 @@ SKETCH_OPTION_KEYS = {k: replace(v, doc="configs/sketch_options.yaml") for k, v 
     "cudnn_benchmark": Bool(),
 }.items()}
 
-# The sketch settings shared by `sketch` and `evaluate` (same names, same meaning).
+# The settings of a sketch run (`sketch`; `evaluate` and `bench` compose sketch.yaml).
 SKETCH_RUN_KEYS = {
-    **CLIP_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **CALLBACK_KEYS, **AUGMENT_KEYS,
+    **CLIP_KEYS, **CLIP_WEIGHT_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **CALLBACK_KEYS,
+    **AUGMENT_KEYS,
     "experiment": Str(null=True, num=True),
     "fix_scale": Bool(),
     "canvas": Int(ge=8),
@@ -373,8 +376,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "path_svg": PATH,
         "resume": PATH,
     },
-    "evaluate": {
-        **SKETCH_RUN_KEYS,
+    "evaluate": {  # evaluate.yaml composes sketch.yaml; target, strokes, path_svg and resume are set per job
         "data": PATH,
         "levels": IntList(ge=1, min_len=1, distinct=True),
         "sketches": PATH,
@@ -384,7 +386,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "eval.pretrained": PATH,
         "eval.templates": StrList(min_len=1),
         "eval.ensemble": Bool(),
-        "eval.ci": Str(("wilson", "clopper_pearson", "bootstrap")),
+        "eval.ci": Str(CI_KINDS),
         "eval.ci_level": Float(gt=0, lt=1),
         "eval.bootstrap_resamples": Int(ge=1),
         "eval.random_baseline": Bool(),
@@ -395,7 +397,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "eval.protocol.classes": Int(ge=1, null=True),
         "eval.protocol.photos_per_class": Int(ge=1, null=True),
         "eval.paper": Str(null=True),
-    },
+    },  # (the sketch keys are added below)
     "scene": {
         **CLIP_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **AUGMENT_KEYS,
         "target": PATH,
@@ -403,12 +405,12 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "mask": PATH,
         "background": PATH,
         "mask_model": Str(null=True),
-        "parts": StrList(("background", "foreground"), min_len=1, distinct=True),
-        "square": Str(("official", "pad", "squash")),
+        "parts": StrList(PARTS, min_len=1, distinct=True),
+        "square": Str(SQUARE_MODES),
         "max_size": Int(ge=8),
         "dilation": Int(ge=1),
         "inpaint_radius": Int(ge=0),
-        "inpaint_method": Str(("auto", "lama", "telea", "ns")),
+        "inpaint_method": Str(INPAINT_METHODS),
         "lama_weights": PATH,
         "resize_obj": Bool(),
         "object_fraction": Float(gt=0, le=1),
@@ -447,11 +449,10 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "matrix_dir": PATH,
         "save_interval": Int(ge=0),
         "tile_size": Int(ge=8),
-        # Set by preset=smoke (shared with sketch); the scene stages use fidelity.* and simplicity.*.
-        "steps": Int(ge=1, doc="configs/preset/smoke.yaml"),
-        "eval_interval": Int(ge=0, doc="configs/preset/smoke.yaml"),
     },
 }
+EVALUATE_OWN_KEYS = tuple(SCHEMA["evaluate"])
+SCHEMA["evaluate"] = {**SCHEMA["sketch"], **SCHEMA["evaluate"]}
 
 # `clipasso-pl bench`: the sketch keys (its config composes sketch.yaml) and its own bench.* keys.
 # A variant names the speed keys it sets (fp32 is the reference); bench.run picks variants by name.
@@ -478,12 +479,13 @@ SCHEMA["bench"] = {
     "bench.out": Str(num=True),
 }
 
-_GROUPS = ("clip", "init", "renderer", "logger", "trainer", "callbacks", "eval", "preset")
+_GROUPS = ("clip", "init", "renderer", "logger", "trainer", "callbacks", "augment", "eval", "preset")
 
 
 def doc_of(command: str, key: str) -> str:
     """Where ``key`` of ``command`` is documented: its group folder or the command's YAML (and README)."""
-    if command == "bench" and not key.startswith("bench."):  # the bench config starts from sketch.yaml
+    if ((command == "bench" and not key.startswith("bench."))  # bench.yaml and evaluate.yaml compose sketch.yaml
+            or (command == "evaluate" and key not in EVALUATE_OWN_KEYS)):
         return doc_of("sketch", key)
     spec = SCHEMA[command].get(key)
     if spec is not None and spec.doc:
@@ -607,7 +609,7 @@ def _conv_weights_fit_the_model(cfg: DictConfig) -> None:
     if len(weights) != want:
         raise ClipassoError(f"clip.conv_layer_weights={_show(weights)} has {len(weights)} entries but clip.model="
                             f"{cfg.clip.model} has {want} layers ({names}): give one weight per layer "
-                            f"(see configs/clip/)")
+                            f"(see configs/clip/weights/)")
 
 
 def _shard_in_range(cfg: DictConfig) -> None:
@@ -623,9 +625,24 @@ def _official_options_fit(cfg: DictConfig) -> None:
                             "(or clip_text_guide=0)")
     if cfg.mask_object_attention and not (cfg.mask or cfg.mask_object):
         raise ClipassoError("mask_object_attention=true needs an object mask: pass mask=<mask image> or mask_object=true")
-    if cfg.num_stages > 1 and cfg.get("path_svg"):
+    if cfg.num_stages > 1 and cfg.path_svg:
         raise ClipassoError(f"path_svg with num_stages={cfg.num_stages} is not supported: start from the SVG with "
                             "num_stages=1")
+
+
+def _no_single_sketch_keys(cfg: DictConfig) -> None:
+    """evaluate sets the target, path_svg and resume of each job itself: refuse them rather than ignore them."""
+    for key in ("target", "path_svg", "resume"):
+        if cfg[key] is not None:
+            raise ClipassoError(f"{key}={cfg[key]} is not used by clipasso-pl evaluate: it sketches every photo of data= "
+                                f"at every level (remove {key}=; see configs/evaluate.yaml)")
+
+
+def _scene_trainer_steps(cfg: DictConfig) -> None:
+    """The scene passes each stage's step count to its Trainer: refuse trainer.max_steps rather than ignore it."""
+    if cfg.trainer.max_steps != -1:
+        raise ClipassoError(f"trainer.max_steps={cfg.trainer.max_steps} is not used by clipasso-pl scene: each stage runs "
+                            "fidelity.*_steps or simplicity.steps steps (set those; see configs/scene.yaml)")
 
 
 def _step_sizes_match_layers(cfg: DictConfig) -> None:
@@ -639,6 +656,6 @@ def _step_sizes_match_layers(cfg: DictConfig) -> None:
 
 RULES = {
     "sketch": (_conv_weights_fit_the_model, _official_options_fit),
-    "evaluate": (_conv_weights_fit_the_model, _shard_in_range, _official_options_fit),
-    "scene": (_step_sizes_match_layers,),
+    "evaluate": (_conv_weights_fit_the_model, _shard_in_range, _official_options_fit, _no_single_sketch_keys),
+    "scene": (_step_sizes_match_layers, _scene_trainer_steps),
 }

@@ -154,20 +154,6 @@ def pil_to_tensor(img: Image.Image) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def load_target(path: str | Path, size: int = 224, fix_scale: bool = True, what: str = "target") -> Tensor:
-    """Image file -> target tensor [3, size, size] in [0, 1], RGB on white.
-
-    ``fix_scale=True`` pads a non-square image to a square with white (the whole
-    object, undistorted); ``False`` squashes it to a square as the official code
-    does. Resizing is bicubic.
-    """
-    img = open_image(path, what)
-    if fix_scale:
-        img = pad_to_square(img)
-    img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return pil_to_tensor(img)
-
-
 SKIMAGE_PREFIX = "skimage:"
 # scikit-image's bundled photos that make sensible sketch targets (no download needed).
 SKIMAGE_TARGETS = ("chelsea", "astronaut", "coffee", "rocket")
@@ -176,7 +162,7 @@ SKIMAGE_TARGETS = ("chelsea", "astronaut", "coffee", "rocket")
 def resolve_target(target: str | Path | None, cache_dir: str | Path | None = None) -> Path:
     """A target as a file path: ``None`` is scikit-image's ``chelsea`` cat, ``skimage:<name>``
     any photo bundled with scikit-image (written once as a PNG so it goes through
-    :func:`load_target`), anything else a path."""
+    :func:`clipasso_pl.sketch_target.load_sketch_target`), anything else a path."""
     if target is None:
         target = SKIMAGE_PREFIX + "chelsea"
     text = str(target)

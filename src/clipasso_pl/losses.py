@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .choices import CONV_LOSS_TYPES
+
 DEFAULT_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4")
-CONV_LOSS_TYPES = ("L2", "L1", "Cos")
 
 
 def layer_distance(fs: Tensor, ft: Tensor, kind: str = "L2") -> Tensor:

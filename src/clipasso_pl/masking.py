@@ -7,8 +7,12 @@ already on disk (weights are never downloaded here). Nothing else guesses an obj
 none of these, :func:`object_mask` raises a :class:`ClipassoError` saying what to pass.
 
 Images here are tensors ``[3, H, W]`` in [0, 1]; masks are bool tensors ``[H, W]``
-(True = object). Square working images come from :func:`square_image`, the same
-padding (``fix_scale``) the core uses for sketch targets.
+(True = object). The scene's square working images come from :func:`square_image`. It is not
+the sketch's loader (:func:`clipasso_pl.sketch_target.config_target`) on purpose: the scene
+squares an RGBA photo whose alpha channel is the object mask, keeps it at up to ``max_size`` px
+(mask dilation and inpainting happen at that size, then each part is resized to the canvas),
+and its official rule squashes a large photo but centre-crops a small one, as the CLIPascene
+code does; the sketch pads (or squashes) straight to the canvas, as the CLIPasso code does.
 """
 
 from __future__ import annotations
@@ -24,13 +28,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .choices import INPAINT_METHODS, SQUARE_MODES
 from .errors import ClipassoError
 from .images import open_image_rgba, pad_to_square, pil_to_tensor, to_uint8
 
 MASK_HINT = "pass mask=<mask image>, a target PNG with an alpha channel, or parts=[background] for no object"
-
-
-SQUARE_MODES = ("official", "pad", "squash")
 
 
 def square_image(img: Image.Image, max_size: int = 512, fix_scale: bool = True,
@@ -173,7 +175,6 @@ def inpaint(image: Tensor, mask: Tensor, radius: int = 3, method: str = "telea")
     return torch.from_numpy(filled).permute(2, 0, 1).float() / 255.0
 
 
-INPAINT_METHODS = ("auto", "lama", "telea", "ns")
 LAMA_FILE = "big-lama.pt"
 
 

@@ -112,6 +112,11 @@ class SketchModule(pl.LightningModule):
     commented out there, so 0 = off). ``num_stages`` > 1 trains ``strokes`` strokes for
     ``stage_steps`` steps, then adds ``strokes`` more and trains only those (a fresh Adam),
     and so on: M = strokes x num_stages, all start points drawn at once as the official does.
+
+    Every setting after ``seeds`` is keyword-only, and those that are config values have no
+    default here: their one home is the YAML (``configs/sketch.yaml``, ``sketch_options.yaml``),
+    and :func:`clipasso_pl.api.build_module` passes them from a config. The defaults left are
+    "absent" markers (no initial points, no schedule, no text guide, no stages).
     """
 
     def __init__(
@@ -123,23 +128,24 @@ class SketchModule(pl.LightningModule):
         renderer,
         init,
         seeds: list[int],
-        strokes: int = 16,
-        half_width: float = 1.5,
-        lr: float = 1.0,
-        eval_interval: int = 10,
+        *,
+        strokes: int,
+        half_width: float,
+        lr: float,
+        eval_interval: int,
         initial_points: Tensor | None = None,
-        max_nonfinite: int = 10,
-        num_segments: int = 1,
-        control_points_per_seg: int = 4,
-        force_sparse: bool = False,
-        color_lr: float = 0.01,
-        color_vars_threshold: float = 0.0,
-        num_stages: int = 1,
+        max_nonfinite: int,
+        num_segments: int,
+        control_points_per_seg: int,
+        force_sparse: bool,
+        color_lr: float,
+        color_vars_threshold: float,
+        num_stages: int,
         stage_steps: int = 0,
         initial_opacities: Tensor | None = None,
         lr_schedule=None,
         text_guide: nn.Module | None = None,
-        text_weight: float = 0.0,
+        text_weight: float,
     ):
         super().__init__()
         if strokes < 1:

@@ -1,5 +1,12 @@
 """The sketch target: the photo, its optional object mask, and how both become a square.
 
+The one loader of a target photo for every command that sketches one: ``sketch``, ``bench``
+and ``evaluate`` (its jobs are sketch runs; its photo ceiling is the photos as those jobs
+saw them) go through :func:`config_target`, so the same config gives the same tensor.
+The scene squares its photo otherwise (:func:`clipasso_pl.masking.square_image`): it works
+on a ``max_size`` image whose alpha channel is the object mask, dilates and inpaints at that
+resolution, and its official rule centre-crops a small photo, as the CLIPascene code does.
+
 The official ``get_target`` order: an RGBA photo is composited on white; with an object
 mask the background becomes white; then the photo is padded (``fix_scale``) or squashed
 to a square and resized (bicubic) to the canvas. The mask goes through the same padding
@@ -23,7 +30,7 @@ from PIL import Image
 from torch import Tensor
 
 from .errors import ClipassoError
-from .images import _to_rgb, open_image_rgba, pad_to_square, pil_to_tensor
+from .images import _to_rgb, open_image_rgba, pad_to_square, pil_to_tensor, resolve_target
 
 OFFICIAL_MARGIN = 20  # px the official fix_image_scale adds to the longer side
 MASK_OBJECT_HINT = ("mask_object=true needs the U2Net model: pip install rembg and put u2net.onnx in $U2NET_HOME "
@@ -82,9 +89,14 @@ def original_mask(photo: Image.Image, mask: str | Path | None, mask_object: bool
 
 
 def load_sketch_target(path: str | Path, size: int = 224, fix_scale: bool = True, mask: str | Path | None = None,
-                       mask_object: bool = False, official_padding: bool = False) -> SketchTarget:
-    """Image file (and mask) -> :class:`SketchTarget` on a ``size`` canvas, background white where masked out."""
-    photo = open_image_rgba(path, "target")
+                       mask_object: bool = False, official_padding: bool = False, what: str = "target") -> SketchTarget:
+    """Image file (and mask) -> :class:`SketchTarget` on a ``size`` canvas, background white where masked out.
+
+    ``fix_scale=True`` pads a non-square image to a square with white (the whole object,
+    undistorted; ``official_padding``: the official margin); ``False`` squashes it, as the
+    official code does. Resizing is bicubic. ``what`` names the file in error messages.
+    """
+    photo = open_image_rgba(path, what)
     rgb = _to_rgb(photo)
     found = original_mask(photo, mask, mask_object)
     if found is not None:
@@ -97,3 +109,16 @@ def load_sketch_target(path: str | Path, size: int = 224, fix_scale: bool = True
     placed = torch.from_numpy(np.asarray(to_square(grey, size, fix_scale, official_padding, Image.Resampling.BILINEAR, 0)) > 127)
     # Resampling blends a little object colour across the border: every pixel outside the placed mask is white.
     return SketchTarget(torch.where(placed, image, torch.ones_like(image)), placed)
+
+
+def load_target(path: str | Path, size: int = 224, fix_scale: bool = True, what: str = "target") -> Tensor:
+    """An image file as [3, size, size] in [0, 1], RGB on white: :func:`load_sketch_target` without a mask."""
+    return load_sketch_target(path, size, fix_scale, what=what).image
+
+
+def config_target(cfg, path: str | Path | None = None, what: str = "target") -> SketchTarget:
+    """The target of a sketch config as the model sees it: ``cfg.target`` (or ``path``) on ``canvas``
+    with ``fix_scale``, ``official_padding``, ``mask`` and ``mask_object``."""
+    return load_sketch_target(resolve_target(cfg.target) if path is None else path, size=int(cfg.canvas),
+                              fix_scale=bool(cfg.fix_scale), mask=cfg.mask, mask_object=bool(cfg.mask_object),
+                              official_padding=bool(cfg.official_padding), what=what)

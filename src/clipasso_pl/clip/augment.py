@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..accel import host_to_device
+from ..choices import AUGMENTATIONS
 
 
 def _randint(low: int, high: int, generator: torch.Generator) -> int:
@@ -96,9 +97,6 @@ def view_grid(coeffs: Tensor, crops: Tensor, size: int, height: int, width: int)
     sy = (d * x + e * y + f) / den
     grid = torch.stack([sx / (0.5 * width) - 1.0, sy / (0.5 * height) - 1.0], dim=-1)
     return grid
-
-
-AUGMENTATIONS = ("affine", "none")
 
 
 class JointAugment(nn.Module):

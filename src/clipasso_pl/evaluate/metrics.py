@@ -20,7 +20,8 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-CI_KINDS = ("wilson", "clopper_pearson", "bootstrap")
+from ..choices import CI_KINDS
+
 
 
 def _check_scores(scores: Tensor, target: Tensor) -> None:

@@ -22,7 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ClipassoError
-from ..images import atomic_write_text, load_target
+from ..images import atomic_write_text
+from ..sketch_target import config_target, load_target
 from .data import Dataset, Job, find_sketch, finished, load_dataset, make_jobs, shard_jobs
 from .metrics import confidence_interval, recognition
 from .report import (METRICS, GridCell, ResultRow, grid, load_paper_numbers, log_to_wandb, paper_values,
@@ -50,7 +51,7 @@ def job_config(cfg: DictConfig, job: Job) -> DictConfig:
 
 
 def sketch_store(cfg: DictConfig, run_dir: Path) -> Path:
-    return Path(cfg.sketches).expanduser() if cfg.get("sketches") else Path(run_dir) / "sketches"
+    return Path(cfg.sketches).expanduser() if cfg.sketches else Path(run_dir) / "sketches"
 
 
 def run_jobs(cfg: DictConfig, jobs: list[Job]) -> dict[str, int]:
@@ -92,8 +93,13 @@ def load_sketch(path: Path, canvas: int, renderer) -> torch.Tensor:
     return load_target(path, size=canvas, fix_scale=True, what="sketch")
 
 
+def ceiling_photos(cfg: DictConfig, dataset: Dataset) -> torch.Tensor:
+    """The photos [P, 3, canvas, canvas] as their sketch jobs saw them (the sketch's loader and settings)."""
+    return torch.stack([config_target(cfg, p.path, what="photo").image for p in dataset.photos])
+
+
 def classifier_device(cfg: DictConfig) -> torch.device:
-    want = str(cfg.eval.get("device", "auto"))
+    want = str(cfg.eval.device)
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(want)
@@ -107,7 +113,7 @@ def warnings_for(dataset: Dataset, cfg: DictConfig) -> list[str]:
     if is_random(cfg.eval.pretrained):
         notes.append(f"**The classifier {cfg.eval.classifier} has random weights: these accuracies are not meaningful** "
                      "(they check the pipeline, not the sketches). Use eval.pretrained=openai or a checkpoint path.")
-    protocol = cfg.eval.get("protocol") or {}
+    protocol = cfg.eval.protocol or {}
     counts = dataset.per_class()
     if protocol:
         want_c, want_p = protocol.get("classes"), protocol.get("photos_per_class")
@@ -129,9 +135,9 @@ def run_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     levels = check_config(cfg)
     dataset = load_dataset(cfg.data)
     store = sketch_store(cfg, run_dir)
-    per_seed = bool(cfg.eval.get("per_seed", False))
+    per_seed = bool(cfg.eval.per_seed)
     jobs = make_jobs(dataset, levels, list(cfg.seeds), store, per_seed=per_seed)
-    shard, num_shards = cfg.get("shard", 0), cfg.get("num_shards", 1)
+    shard, num_shards = cfg.shard, cfg.num_shards
     mine = shard_jobs(jobs, shard, num_shards)
     print(f"[evaluate] {len(dataset.photos)} photos in {len(dataset.class_dirs)} classes x levels {levels}: "
           f"{len(jobs)} sketch jobs, {len(mine)} in shard {shard}/{num_shards}; sketches in {store}", flush=True)
@@ -162,12 +168,11 @@ def measure(cfg: DictConfig, run_dir: Path, dataset: Dataset, levels: list[int],
     clf = ZeroShotClassifier(e.classifier, e.pretrained, list(e.templates), bool(e.ensemble),
                              classifier_device(cfg), int(e.batch_size))
     class_emb = clf.encode_classes(dataset.class_names)
-    photos = torch.stack([load_target(p.path, size=canvas, fix_scale=bool(cfg.fix_scale), what="photo")
-                          for p in dataset.photos])
+    photos = ceiling_photos(cfg, dataset)
     photo_emb = clf.encode_images(photos)
     photo_labels = torch.tensor([p.label for p in dataset.photos])
     ci_kw = dict(kind=str(e.ci), level=float(e.ci_level), resamples=int(e.bootstrap_resamples))
-    paper = load_paper_numbers(e.get("paper"))
+    paper = load_paper_numbers(e.paper)
     rows: list[ResultRow] = []
     samples: list[list] = []
     shown: dict[tuple, GridCell] = {}
@@ -197,7 +202,7 @@ def measure(cfg: DictConfig, run_dir: Path, dataset: Dataset, levels: list[int],
     if e.random_baseline:
         for level in levels:
             images = random_sketches(renderer, len(dataset.photos), level, canvas, cfg.half_width,
-                                     cfg.init.get("radius", 0.05), seed=cfg.seeds[0])
+                                     cfg.init.radius, seed=cfg.seeds[0])
             add_row(f"random {level} strokes (floor)", "random", level, images, [p.index for p in dataset.photos],
                     ["random"] * len(dataset.photos))
     # Sketch rows first (by strokes), then the ceiling, then the floor rows: the paper's order of reading.
@@ -210,7 +215,7 @@ def measure(cfg: DictConfig, run_dir: Path, dataset: Dataset, levels: list[int],
         f"classifier: {e.classifier} / {e.pretrained or 'random weights'}; prompts: {list(e.templates)}"
         f"{' (ensembled)' if e.ensemble and len(e.templates) > 1 else ''}; classes: {', '.join(dataset.class_names)}",
         f"intervals: {e.ci} at {float(e.ci_level):.0%}; ties count against the true class / own photo",
-        f"sketches in {sketch_store(cfg, run_dir)}: {'each seed is a sample' if e.get('per_seed') else 'best of seeds'}; "
+        f"sketches in {sketch_store(cfg, run_dir)}: {'each seed is a sample' if e.per_seed else 'best of seeds'}; "
         f"those made by this evaluation: seeds {list(cfg.seeds)}, {cfg.steps} steps, clip {cfg.clip.model} / "
         f"{cfg.clip.pretrained or 'random weights'}",
         "instance top-1: the sketch's own photo ranks first among the photos of its class (image-embedding cosine)",
@@ -230,10 +235,10 @@ def measure(cfg: DictConfig, run_dir: Path, dataset: Dataset, levels: list[int],
     writer.writerow(["kind", "strokes", "class", "image", "file", "predicted", "top1", "top3", "instance_top1"])
     writer.writerows(samples)
     paths["samples"] = atomic_write_text(run_dir / "samples.csv", buf.getvalue())
-    logger = cfg.get("logger")
+    logger = cfg.logger
     if logger and "wandb" in str(logger.get("_target_", "")):
         log_to_wandb(run_dir, rows, f"{e.ci} {float(e.ci_level):.0%}", paper is not None, paths,
-                     name=f"evaluate-{run_dir.name}", group=cfg.get("experiment"),
+                     name=f"evaluate-{run_dir.name}", group=cfg.experiment,
                      config={k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                              for k in ("data", "levels", "eval", "steps", "seeds") if k in cfg})
     return {"results": {r.row: {"n": r.n, **r.accuracy} for r in rows},

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..choices import INIT_MODES
 from ..errors import ClipassoError
 from .sampling import random_walk, sample_start_points, sampling_probability, uniform_start_points
 from .saliency import saliency_map
 from .xdog import xdog_edges
 
-MODES = ("saliency_xdog", "saliency", "random")
+MODES = INIT_MODES
 
 
 @dataclass

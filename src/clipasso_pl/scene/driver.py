@@ -143,7 +143,8 @@ class SceneRunner:
 
     def loss(self, part: str, layer: int) -> SceneClipLoss:
         anchor = self.cfg.object_anchor_layer if part == "foreground" else None
-        return SceneClipLoss(self.clip.layer_names, layer, anchor, self.cfg.object_anchor_weight, 1.0)
+        return SceneClipLoss(self.clip.layer_names, layer, anchor, self.cfg.object_anchor_weight, 1.0,
+                             self.cfg.clip.conv_loss_type)
 
     def module(self, part: str, layer: int, initial_points: torch.Tensor, **kwargs) -> SceneSketchModule:
         cfg = self.cfg

@@ -18,10 +18,10 @@ from PIL import Image
 from torch import Tensor
 
 from .. import masking
+from ..choices import PARTS
 from ..errors import ClipassoError
 from ..images import open_image, open_image_rgba, pil_to_tensor, resolve_target, save_png
 
-PARTS = ("background", "foreground")
 
 
 @dataclass

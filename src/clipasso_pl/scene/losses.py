@@ -31,7 +31,11 @@ def block_name(layer: int, layer_names: list[str]) -> str:
 
 
 class SceneClipLoss(nn.Module):
-    """The geometric CLIP terms of one fidelity row: L2 on ViT block outputs, no semantic term.
+    """The geometric CLIP terms of one fidelity row on ViT block outputs, no semantic term.
+
+    The distance per block is the core loss's :func:`clipasso_pl.losses.layer_distance` of
+    ``conv_loss_type`` (``clip.conv_loss_type``: L2, L1 or Cos, as the official
+    ``--clip_conv_loss_type``; default L2).
 
     Background: block l with coefficient ``layer_weight``. Objects: block l and block a
     (``anchor_layer``) with coefficient ``anchor_weight``; when l == a only block l counts.
@@ -41,7 +45,7 @@ class SceneClipLoss(nn.Module):
     """
 
     def __init__(self, layer_names: list[str], layer: int, anchor_layer: int | None = None,
-                 anchor_weight: float = 0.5, layer_weight: float = 1.0):
+                 anchor_weight: float = 0.5, layer_weight: float = 1.0, conv_loss_type: str = "L2"):
         super().__init__()
         if not all(n.startswith("block") for n in layer_names):
             raise ClipassoError("the scene method taps ViT transformer blocks: use a ViT CLIP (clip=vit_b32), "
@@ -55,7 +59,7 @@ class SceneClipLoss(nn.Module):
         for key in self.coefficients:
             weights[layer_names.index(key.split("/", 1)[1])] = 1.0
         # Unweighted per-block terms come from the core loss; weighting is the module's.
-        self.terms = ClipassoLoss(weights, fc_weight=0.0, layer_names=layer_names)
+        self.terms = ClipassoLoss(weights, fc_weight=0.0, layer_names=layer_names, conv_loss_type=conv_loss_type)
 
     @property
     def balanced(self) -> bool:
