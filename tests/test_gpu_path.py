@@ -6,9 +6,6 @@ without CUDA.
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,19 +17,14 @@ from clipasso_pl.api import build_module, build_trainer, run_sketch
 from clipasso_pl.config import compose
 from clipasso_pl.images import load_target, resolve_target
 from clipasso_pl.module import step_loader
+from cli_runs import cli
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 TARGET = "skimage:coffee"
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
 # Stated tolerances of the speed switches against float32 (tiny ResNet, same points and draws):
 BF16_TERM_RTOL = 0.02  # bfloat16 keeps 8 bits of mantissa: ~0.5 % per term measured, 2 % allowed
 BF16_GRAD_RTOL = 0.10  # ||g_bf16 - g_fp32|| / ||g_fp32||: ~3 % measured
 EXACT_RTOL = 1e-4  # channels_last, compile: the same maths in another layout / fused kernels
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "clipasso_pl.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
 
 
 def sketch_cfg(*overrides, **values):
@@ -62,6 +54,7 @@ def rel(a, b):
     return float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
 
 
+@pytest.mark.slow
 def test_bf16_mixed_gives_fp32_loss_terms_within_tolerance(fp32):
     terms, grad = loss_and_grad("precision=bf16-mixed", autocast=True)
     ref_terms, ref_grad = fp32
@@ -82,6 +75,7 @@ def test_renderer_stays_float32_under_bf16_autocast():
     torch.testing.assert_close(image, module.render(), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["channels_last=true", "compile_clip=aot_eager"])
 def test_layout_and_compile_switches_give_fp32_loss_terms(fp32, override):
     # compile_clip=true (inductor) was checked the same way by hand: within 2e-6, but it takes minutes to
@@ -108,17 +102,20 @@ def test_backend_flags_are_set_and_restored():
 @pytest.mark.parametrize("override, message", [("precision=16-mixed", "precision=16-mixed"),
                                                ("tf32=maybe", "tf32=maybe"),
                                                ("compile_clip=nonsense", "compile_clip=nonsense")])
+@pytest.mark.slow
 def test_bad_speed_switch_is_one_line(tmp_path, override, message):
     res = cli("sketch", "preset=smoke", f"target={TARGET}", override, f"hydra.run.dir={tmp_path}")
     lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
     assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_bf16_run_through_the_trainer(tmp_path):
     result = run_sketch(sketch_cfg("precision=bf16-mixed", steps=4, eval_interval=2, seeds=[0]), tmp_path)
     assert result.best_svg.is_file() and result.summary["steps_run"] == 4
 
 
+@pytest.mark.slow
 def test_logging_is_buffered_but_every_step_is_logged(tmp_path):
     cfg = sketch_cfg(steps=13, eval_interval=5, logger="csv", seeds=[0, 1000])
     run_sketch(cfg, tmp_path)
@@ -134,6 +131,21 @@ def test_logging_is_buffered_but_every_step_is_logged(tmp_path):
     assert all(float(r["time/step_s"]) > 0 for r in rows if r.get("time/step_s"))
 
 
+def test_bench_smoke_of_one_variant(tmp_path):
+    """The bench smoke of `make test`: fp32 only, one timed step per loop (the full smoke is slow)."""
+    out = tmp_path / "step"
+    res = cli("bench", "preset=smoke", f"target={TARGET}", "bench.run=[fp32]", "bench.repeats=1", "eval_interval=1",
+              "canvas=64", f"bench.out={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["variant"] == "fp32" and row["timed_steps"] == 1
+    assert set(row["phases_ms"]) == {"render", "augment", "target_forward", "sketch_forward", "backward", "optimizer",
+                                     "eval"}
+    assert row["overhead_ms"] == pytest.approx(row["trainer_step_ms"] - row["bare_step_ms"])
+    assert "| tiny-rn | 1 | fp32 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
 def test_bench_smoke_writes_json_and_markdown(tmp_path):
     """`make bench ARGS="preset=smoke"`: every phase measured, bare and trainer loops, fp32 and bf16."""
     out = tmp_path / "step"
@@ -163,6 +175,7 @@ def test_bench_render_keeps_the_renderer_benchmark(tmp_path):
     assert json.loads(out.read_text())["rows"][0]["strokes"] == 4
 
 
+@pytest.mark.slow
 def test_bench_refuses_unknown_variant(tmp_path):
     res = cli("bench", "preset=smoke", "bench.run=[fp64]", f"bench.out={tmp_path / 'x'}")
     assert res.returncode == 2 and "fp64" in res.stderr.strip().splitlines()[-1]
@@ -179,13 +192,13 @@ def steps_on(device: str, run_dir: Path, steps: int = 3) -> torch.Tensor:
     return module.points.detach().cpu()
 
 
-@CUDA
+@pytest.mark.gpu
 def test_same_step_on_cpu_and_cuda(tmp_path):
     torch.testing.assert_close(steps_on("cuda", tmp_path / "cuda"), steps_on("cpu", tmp_path / "cpu"),
                                rtol=1e-3, atol=1e-3)
 
 
-@CUDA
+@pytest.mark.gpu
 def test_training_step_has_no_host_sync_outside_the_renderer(tmp_path):
     """From step 1 to step 9 (between the evals at 0 and 10), with every callback and the logger on,
     every synchronising CUDA call must come from the renderer's data-dependent sizes."""
