@@ -138,7 +138,6 @@ def test_random_walk_continues_through_every_segment():
     assert steps.abs().max() <= 0.5 * 0.05 * 96 + 1e-5 and steps.abs().max() > 0.5
 
 
-@pytest.mark.slow
 def test_two_segment_run_writes_and_restarts_from_its_svg(tmp_path):
     result = run_sketch(smoke(num_segments=2, steps=4), tmp_path / "run")
     strokes, _ = read_strokes(result.best_svg, num_strokes=4)
