@@ -360,6 +360,7 @@ def test_progress_gif_has_one_frame_per_snapshot_of_the_best_seed(tmp_path):
     assert not list(off.run_dir.glob("progress.*"))
 
 
+@pytest.mark.slow
 def test_progress_frames_draw_each_step_as_its_snapshot_did(tmp_path):
     """With trained opacities and stages, a frame shows that step's opacities and only its stages' strokes."""
     result = run_sketch(smoke(steps=4, save_interval=2, num_stages=2, force_sparse=True, color_lr=0.3), tmp_path)

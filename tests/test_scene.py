@@ -304,6 +304,7 @@ def test_object_fidelity_weights_its_two_blocks_by_gradnorm_per_seed():
     assert torch.allclose(r.terms["loss"], r.terms["conv/block1"] + 0.5 * r.terms["conv/block0"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_adam_step_counter_keeps_growing_when_a_level_loads_the_previous_state():
     feats = ClipFeatures("tiny-vit", None)
     first, initial = _tiny_module(feats, simplify=True, eval_start=2, eval_interval=1)

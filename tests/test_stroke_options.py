@@ -138,6 +138,7 @@ def test_random_walk_continues_through_every_segment():
     assert steps.abs().max() <= 0.5 * 0.05 * 96 + 1e-5 and steps.abs().max() > 0.5
 
 
+@pytest.mark.slow
 def test_two_segment_run_writes_and_restarts_from_its_svg(tmp_path):
     result = run_sketch(smoke(num_segments=2, steps=4), tmp_path / "run")
     strokes, _ = read_strokes(result.best_svg, num_strokes=4)
@@ -153,6 +154,7 @@ def test_two_segment_run_writes_and_restarts_from_its_svg(tmp_path):
 # --- sparse opacity ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_force_sparse_moves_opacities_within_0_1_and_writes_them(tmp_path):
     cfg = smoke(force_sparse=True, color_lr=0.2, steps=8)
     module, record, trainer = fit(cfg, tmp_path)
@@ -180,6 +182,7 @@ def test_opacity_step_is_the_official_adam_step(tmp_path):
     assert (moved < -0.04).any()
 
 
+@pytest.mark.slow
 def test_color_vars_threshold_binarises(tmp_path):
     module, record, _ = fit(smoke(force_sparse=True, color_lr=0.4, color_vars_threshold=0.8, steps=4), tmp_path)
     for ops in record.opacities.values():
@@ -198,6 +201,7 @@ def test_force_sparse_starts_from_the_opacities_of_path_svg(tmp_path):
 # --- stages --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stage_k_adds_its_strokes_and_freezes_the_earlier_ones(tmp_path):
     """Three stages (two boundaries: a rule for "the first boundary" only would pass with two)."""
     cfg = smoke(num_stages=3, steps=4, eval_interval=0, save_interval=4)
