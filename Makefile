@@ -9,7 +9,7 @@ EXPERIMENT ?=
 EXP := $(or $(EXPERIMENT),default)
 SWEEP_DIR = multirun/$(EXP)/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: install sketch test bench bench-render gpu-check sweep clean
+.PHONY: install sketch test test-full bench bench-render gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): requirements.txt pyproject.toml
 sketch: install
 	$(VENV)/bin/clipasso-pl sketch $(ARGS)
 
+# The fast loop (unit tests + one end-to-end smoke per command, a few minutes on 2 cores): every test not
+# marked slow. test-full: everything (CI). Markers: pyproject.toml [tool.pytest.ini_options].
 test: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(ARGS)
+
+test-full: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest $(ARGS)
 
 # Hydra multirun over configs/experiment/$(EXPERIMENT).yaml, then the report of that sweep.

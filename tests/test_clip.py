@@ -133,6 +133,7 @@ def _run_isolated(code: str, env_extra: dict, tmp_path) -> subprocess.CompletedP
                           timeout=120, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_fast_without_offline_flag(tmp_path):
     """HF_HUB_OFFLINE unset, the hub unreachable, an empty cache: a clear error well within 60 s."""
     code = """
@@ -155,6 +156,7 @@ def test_unreachable_hub_fails_fast_without_offline_flag(tmp_path):
     assert seconds < 30
 
 
+@pytest.mark.slow
 def test_cached_tag_weights_load_without_network(tmp_path):
     """A tag whose weights sit in the hub cache loads with the hub unreachable and HF_HUB_OFFLINE unset."""
     ref = _other_weights(TINY_RN)

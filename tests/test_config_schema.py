@@ -2,6 +2,7 @@
 value is one line naming the key, refused before any model loads. The cases are generated from the
 schema itself, so a key added there is covered here without a new test."""
 
+import copy
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 from clipasso_pl import cli
 from clipasso_pl.config import SCHEMA, compose, config_dir, doc_of, validate
 from clipasso_pl.errors import ClipassoError
+import cli_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,19 +107,111 @@ def test_the_cases_cover_every_key():
     assert {(c, k) for c, k, _ in CASES} == {(c, k) for c, schema in SCHEMA.items() for k in schema}
 
 
-# Every case goes through the real CLI entry, in-process (about 0.2 s each: compose and validate, no
-# model loads): one line on stderr naming the key and where it is documented, exit 2, no run directory.
+def apply_override(cfg, key: str, text: str) -> None:
+    """``key=text`` applied to a composed config as Hydra applies a command-line override: its parser
+    turns the text into a value (``abc`` a string, ``[1,2]`` a list, ``{a:1}`` a mapping), then an update."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    value = OverridesParser.create().parse_overrides([f"{key}={text}"])[0].value()
+    OmegaConf.update(cfg, key, value, merge=True)
+
+
+def refusal(command: str, cfg, key: str, text: str) -> str:
+    """The one-line message ``validate`` (the check the CLI runs before Hydra starts) gives for ``key=text``."""
+    cfg = copy.deepcopy(cfg)
+    apply_override(cfg, key, text)
+    with pytest.raises(ClipassoError) as info:
+        validate(cfg, command)
+    return str(info.value)
+
+
+# Every case through the validator in process (milliseconds each: the composed configs are reused): one
+# line naming the key, the value and where the key is documented.
 @pytest.mark.parametrize("command, key, bad", CASES)
-def test_cli_refuses_a_bad_value_in_one_line(command, key, bad, composed, capsys, tmp_path):
-    overrides = next(ov for ov, c in composed[command] if has(c, key))
-    with pytest.raises(SystemExit) as info:
-        cli.main([command, *overrides, f"{key}={bad}", f"hydra.run.dir={tmp_path / 'run'}"])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert info.value.code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: ") and f"{key}=" in lines[0] and "(see configs/" in lines[0], err
-    assert "Traceback" not in err
-    assert not (tmp_path / "run").exists()  # refused before Hydra made the run directory
+def test_the_schema_refuses_a_bad_value_in_one_line(command, key, bad, composed):
+    cfg = next(c for ov, c in composed[command] if has(c, key))
+    message = refusal(command, cfg, key, bad)
+    assert "\n" not in message and f"{key}=" in message and "(see configs/" in message, message
+
+
+def one_case_per_kind(command: str = "sketch") -> list[tuple[str, str, str]]:
+    """One case of each kind of value (int, float, bool, str, the lists, any) of ``command``."""
+    picked: dict[str, tuple[str, str, str]] = {}
+    for c, key, bad in CASES:
+        if c == command:
+            picked.setdefault(SCHEMA[c][key].kind, (c, key, bad))
+    return [picked[k] for k in sorted(picked)]
+
+
+def check_cli_refusal(command, key, bad, composed, tmp_path) -> None:
+    """The installed command refuses ``key=bad``: exit 2, the validator's one line after "error: " on stderr,
+    no traceback, and no run directory (refused before Hydra made it)."""
+    overrides, cfg = next((ov, c) for ov, c in composed[command] if has(c, key))
+    res = cli_runs.cli(command, *overrides, f"{key}={bad}", f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    line = cli_runs.one_line_error(res, f"{key}=")
+    assert line == "error: " + refusal(command, cfg, key, bad)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command, key, bad", one_case_per_kind())
+def test_the_cli_refuses_a_bad_value_of_each_kind(command, key, bad, composed, tmp_path):
+    check_cli_refusal(command, key, bad, composed, tmp_path)
+
+
+@pytest.mark.slow  # these commands import torch before refusing: a few seconds each
+@pytest.mark.parametrize("command", [c for c in SCHEMA if c != "sketch"])
+def test_the_cli_refuses_a_bad_value_of_every_command(command, composed, tmp_path):
+    check_cli_refusal(*one_case_per_kind(command)[0], composed, tmp_path)
+
+
+def test_sketch_has_every_kind_of_value():
+    kinds = {spec.kind for schema in SCHEMA.values() for spec in schema.values()}
+    assert {SCHEMA[c][k].kind for c, k, _ in one_case_per_kind()} == kinds
+
+
+# The method's limits, written out (the generated cases above follow SCHEMA, so a wrong bound there moves
+# its case with it): (command, override, refused).
+BOUNDARIES = [
+    ("sketch", "strokes=0", True), ("sketch", "strokes=1", False),
+    ("scene", "strokes=0", True), ("scene", "strokes=1", False),
+    ("scene", "object_fraction=0", True), ("scene", "object_fraction=1", False),
+    ("scene", "offset_scale=0", False), ("scene", "offset_scale=-0.1", True),
+    ("scene", "simplicity.keep_threshold=0", True), ("scene", "simplicity.keep_threshold=1", True),
+    ("scene", "simplicity.keep_threshold=0.5", False), ("scene", "simplicity.temperature=0", True),
+    ("scene", "levels=0", True), ("scene", "hidden=0", True), ("scene", "width_lr=0", True),
+    ("scene", "parts=[]", True), ("scene", "parts=[background,background]", True),
+    ("scene", "layers=[1,1]", True), ("scene", "simplicity.step_layers=[0]", True),  # step sizes must match
+    ("sketch", "control_points_per_seg=1", True), ("sketch", "control_points_per_seg=5", True),
+    ("sketch", "control_points_per_seg=2", False), ("sketch", "num_segments=0", True),
+    ("sketch", "num_stages=0", True), ("sketch", "half_width=0", True), ("sketch", "lr=0", True),
+    ("sketch", "augment.crop_scale=0", True), ("sketch", "augment.crop_scale=1", False),
+    ("sketch", "augment.distortion_scale=1", False), ("sketch", "augment.distortion_scale=1.01", True),
+    ("sketch", "augment.num_augs=0", False), ("sketch", "color_vars_threshold=1", False),
+    ("sketch", "color_vars_threshold=1.5", True), ("sketch", "seeds=[]", True), ("sketch", "seeds=[0,0]", True),
+    ("sketch", "eval_interval=0", False), ("sketch", "clip_text_guide=1", True),  # needs text_target
+    ("sketch", "mask_object_attention=true", True),  # needs a mask
+    ("sketch", "trainer.precision=16-mixed", True), ("sketch", "clip.conv_layer_weights=[1,1,1,1]", True),
+    ("evaluate", "eval.ci_level=1", True), ("evaluate", "eval.ci_level=0", True),
+    ("evaluate", "eval.ci_level=0.95", False), ("evaluate", "levels=[0]", True), ("evaluate", "shard=1", True),
+    ("bench", "bench.repeats=0", True), ("bench", "bench.warmup=0", False), ("bench", "bench.run=[fp64]", True),
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_configs():
+    return {command: compose(command, ["preset=smoke"]) for command in SCHEMA}
+
+
+@pytest.mark.parametrize("command, override, refused", BOUNDARIES)
+def test_the_boundaries_of_the_method(command, override, refused, smoke_configs):
+    key, text = override.split("=", 1)
+    cfg = copy.deepcopy(smoke_configs[command])
+    apply_override(cfg, key, text)
+    if refused:
+        with pytest.raises(ClipassoError, match=re.escape(key)):
+            validate(cfg, command)
+    else:
+        validate(cfg, command)
 
 
 @pytest.mark.parametrize("value, message", [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_runs import ENV, cli, installed_cli  # noqa: E402
+from cli_runs import ENV, cli  # noqa: E402
 
 DDP = ["preset=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "logger=csv"]
 
@@ -28,7 +28,7 @@ def only_rank0_wrote(run: Path) -> None:
 @pytest.mark.slow
 def test_ddp_from_the_installed_command_runs_every_step_on_both_ranks(tmp_path):
     run = tmp_path / "ddp"
-    res = installed_cli("sketch", *DDP, "steps=12", "eval_interval=3", f"hydra.run.dir={run}", timeout=400)
+    res = cli("sketch", *DDP, "steps=12", "eval_interval=3", f"hydra.run.dir={run}", timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps_run"] == 12 and summary["rank_steps"] == [12, 12]  # not 12 / 2 ranks each
@@ -45,7 +45,7 @@ def test_ddp_early_stop_ends_both_ranks_at_the_same_step(tmp_path):
     Through `python -m` (the other way to start it); a rank stopping alone would hang the other: the timeout."""
     run = tmp_path / "ddp"
     res = cli("sketch", *DDP, "steps=30", "eval_interval=3", "lr=1e-9", "checkpoint_interval=3",
-              f"hydra.run.dir={run}", timeout=400)
+              f"hydra.run.dir={run}", timeout=400, module=True)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps_run"] == 7 and summary["rank_steps"] == [7, 7]  # the step after the eval at 6

@@ -7,10 +7,7 @@ their photos find their own photo (instance top-1 = 1) with any encoder that sep
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from PIL import Image, ImageDraw
 from clipasso_pl.config import compose
 from clipasso_pl.errors import ClipassoError
 from clipasso_pl.evaluate.runner import run_evaluate
+from cli_runs import cli
 
 LEVELS = "[4,8]"
 # A CPU-sized run: the smoke preset, one seed, one step without augmentation.
@@ -44,9 +42,7 @@ def evaluated(tmp_path_factory):
     base = tmp_path_factory.mktemp("evaluate")
     data = draw_dataset(base / "data")
     run_dir = base / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "clipasso_pl.cli", "evaluate", f"data={data}", *FAST, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = cli("evaluate", f"data={data}", *FAST, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return data, run_dir, proc.stdout
 
@@ -95,6 +91,7 @@ def test_cli_writes_table_plot_grid_and_sketches(evaluated):
                 assert (job / "best.svg").read_text().count("<path") == level
 
 
+@pytest.mark.slow
 def test_second_run_skips_finished_sketches_and_gives_the_same_table(evaluated):
     data, run_dir, _ = evaluated
     svgs = sorted((run_dir / "sketches").rglob("best.svg"))

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime
@@ -10,13 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+from cli_runs import cli, cli_env
+
 SMALL = ["preset=smoke", "steps=6", "eval_interval=2", "save_interval=0", "checkpoint_interval=0"]
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "clipasso_pl.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
@@ -25,11 +20,12 @@ def wandb_records(run_dir: Path) -> list[dict]:
     assert len(logs) == 1, logs
     exe = Path(sys.executable).with_name("wandb")
     res = subprocess.run([str(exe), "leet", "inspect", "--json", str(logs[0])], capture_output=True, text=True,
-                         env=ENV, timeout=120)
+                         env=cli_env(), timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_has_metrics_images_and_artifact(tmp_path):
     out = tmp_path / "run"
     res = cli("sketch", *SMALL, "logger=wandb", "log_image_interval=2", "seeds=[0,1000]", f"hydra.run.dir={out}")
@@ -55,6 +51,21 @@ def smoke_sweep(tmp_path_factory):
     return sweep
 
 
+def test_report_of_a_two_job_sweep(tmp_path):
+    """The report smoke of `make test`: a 2-job sweep (strokes 2 and 4, 2 steps each), then its report."""
+    sweep = tmp_path / "sweep"
+    res = cli("sketch", "-m", *SMALL, "steps=2", "eval_interval=1", "seeds=[0]", "logger=csv", "canvas=64",
+              "target=skimage:coffee", "strokes=2,4", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = cli("report", str(sweep))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(open(sweep / "report.csv")))
+    assert sorted(r["strokes"] for r in rows) == ["2", "4"] and {r["runs"] for r in rows} == {"1"}
+    assert all(float(r["best_loss_mean"]) > 0 for r in rows)
+    assert "| strokes |" in (sweep / "report.md").read_text() and "report.md" in res.stdout
+
+
+@pytest.mark.slow
 def test_smoke_sweep_report(smoke_sweep):
     res = cli("report", str(smoke_sweep))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -77,6 +88,7 @@ def test_report_refuses_a_directory_without_runs(tmp_path):
     assert res.returncode == 2 and "no finished runs" in res.stderr
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
     sweep = tmp_path / "abstraction"
     res = cli("sketch", "experiment=abstraction", *SMALL, "steps=30", "logger=csv", "images=skimage:chelsea",
@@ -101,6 +113,7 @@ def test_images_folder_expands_to_its_image_files(tmp_path):
     assert expand_images("skimage:chelsea,x.png") == "skimage:chelsea,x.png"
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep_job(tmp_path):
     """The SLURM launcher's local twin: the same submitit code path, one job on this machine."""
     sweep = tmp_path / "submitit"

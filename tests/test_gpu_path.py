@@ -6,9 +6,6 @@ without CUDA.
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,8 +18,8 @@ from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
 from clipasso_pl.module import step_loader
+from cli_runs import cli
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 TARGET = "skimage:coffee"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -34,11 +31,6 @@ def gpu_only(test):
 BF16_TERM_RTOL = 0.02  # bfloat16 keeps 8 bits of mantissa: ~0.5 % per term measured, 2 % allowed
 BF16_GRAD_RTOL = 0.10  # ||g_bf16 - g_fp32|| / ||g_fp32||: ~3 % measured
 EXACT_RTOL = 1e-4  # channels_last, compile: the same maths in another layout / fused kernels
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "clipasso_pl.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
 
 
 def sketch_cfg(*overrides, **values):
@@ -69,6 +61,7 @@ def rel(a, b):
     return float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
 
 
+@pytest.mark.slow
 def test_bf16_mixed_gives_fp32_loss_terms_within_tolerance(fp32):
     terms, grad = loss_and_grad("precision=bf16-mixed", autocast=True)
     ref_terms, ref_grad = fp32
@@ -89,6 +82,7 @@ def test_renderer_stays_float32_under_bf16_autocast():
     torch.testing.assert_close(image, module.render(), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["channels_last=true", "compile_clip=aot_eager"])
 def test_layout_and_compile_switches_give_fp32_loss_terms(fp32, override):
     # compile_clip=true (inductor) was checked the same way by hand: within 2e-6, but it takes minutes to
@@ -176,17 +170,20 @@ def test_each_bench_variant_passes_lightnings_cuda_setup(monkeypatch, restore_ba
 @pytest.mark.parametrize("override, message", [("precision=16-mixed", "precision=16-mixed"),
                                                ("tf32=maybe", "tf32=maybe"),
                                                ("compile_clip=nonsense", "compile_clip=nonsense")])
+@pytest.mark.slow
 def test_bad_speed_switch_is_one_line(tmp_path, override, message):
     res = cli("sketch", "preset=smoke", f"target={TARGET}", override, f"hydra.run.dir={tmp_path}")
     lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
     assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_bf16_run_through_the_trainer(tmp_path):
     result = run_sketch(sketch_cfg("precision=bf16-mixed", steps=4, eval_interval=2, seeds=[0]), tmp_path)
     assert result.best_svg.is_file() and result.summary["steps_run"] == 4
 
 
+@pytest.mark.slow
 def test_logging_is_buffered_but_every_step_is_logged(tmp_path):
     cfg = sketch_cfg(steps=13, eval_interval=5, logger="csv", seeds=[0, 1000])
     run_sketch(cfg, tmp_path)
@@ -202,6 +199,21 @@ def test_logging_is_buffered_but_every_step_is_logged(tmp_path):
     assert all(float(r["time/step_s"]) > 0 for r in rows if r.get("time/step_s"))
 
 
+def test_bench_smoke_of_one_variant(tmp_path):
+    """The bench smoke of `make test`: fp32 only, one timed step per loop (the full smoke is slow)."""
+    out = tmp_path / "step"
+    res = cli("bench", "preset=smoke", f"target={TARGET}", "bench.run=[fp32]", "bench.repeats=1", "eval_interval=1",
+              "canvas=64", f"bench.out={out}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["variant"] == "fp32" and row["timed_steps"] == 1
+    assert set(row["phases_ms"]) == {"render", "augment", "target_forward", "sketch_forward", "backward", "optimizer",
+                                     "eval"}
+    assert row["overhead_ms"] == pytest.approx(row["trainer_step_ms"] - row["bare_step_ms"])
+    assert "| tiny-rn | 1 | fp32 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
 def test_bench_smoke_writes_json_and_markdown(tmp_path):
     """`make bench ARGS="preset=smoke"`: every phase measured, bare and trainer loops, fp32 and bf16."""
     out = tmp_path / "step"
@@ -231,6 +243,7 @@ def test_bench_render_keeps_the_renderer_benchmark(tmp_path):
     assert json.loads(out.read_text())["rows"][0]["strokes"] == 4
 
 
+@pytest.mark.slow
 def test_bench_refuses_unknown_variant(tmp_path):
     res = cli("bench", "preset=smoke", "bench.run=[fp64]", f"bench.out={tmp_path / 'x'}")
     assert res.returncode == 2 and "fp64" in res.stderr.strip().splitlines()[-1]
@@ -327,10 +340,8 @@ def test_cpu_checkpoint_resumes_on_cuda_with_capturable_adam(tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_ddp_on_two_gpus(tmp_path):
     """The CPU twins (gloo) are in test_distributed.py."""
-    from cli_runs import installed_cli
-
     run = tmp_path / "ddp"
-    res = installed_cli("sketch", "preset=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=gpu",
+    res = cli("sketch", "preset=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=gpu",
                         "steps=12", "eval_interval=3", "logger=csv", f"hydra.run.dir={run}", timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
@@ -13,15 +14,9 @@ from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
 from clipasso_pl.module import step_loader
 from clipasso_pl.strokes import read_svg
-from cli_runs import cli, kill_after_first_checkpoint  # noqa: E402
+from cli_runs import cli, kill_after_first_checkpoint, one_line_error
 
 TARGET = "skimage:coffee"
-
-
-def one_line_exit_2(res, needle):
-    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr[-2000:]
 
 
 def smoke(**values):
@@ -30,6 +25,7 @@ def smoke(**values):
     return compose("sketch", ["preset=smoke"], **base)
 
 
+@pytest.mark.slow
 def test_huge_image_is_downscaled_on_load(tmp_path):
     p = tmp_path / "huge.jpg"
     Image.new("RGB", (12000, 12000), (10, 200, 30)).save(p, quality=50)
@@ -37,6 +33,7 @@ def test_huge_image_is_downscaled_on_load(tmp_path):
     assert t.shape == (3, 224, 224) and abs(float(t[1].mean()) - 200 / 255) < 0.02
 
 
+@pytest.mark.slow
 def test_huge_png_is_handled(tmp_path):
     p = tmp_path / "huge.png"
     Image.new("L", (12000, 12000), 128).save(p, compress_level=1)
@@ -50,33 +47,38 @@ def test_non_square_with_and_without_fix_scale(tmp_path):
     assert padded[:, 0, 16].min() == 1 and squashed.max() == 0
 
 
+@pytest.mark.slow
 def test_output_directory_not_writable(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")
     res = cli("sketch", "preset=smoke", f"target={TARGET}", f"hydra.run.dir={blocker / 'run'}")
-    one_line_exit_2(res, "not writable")
+    one_line_error(res, "not writable")
 
 
+@pytest.mark.slow
 def test_unknown_clip_model_and_group(tmp_path):
-    one_line_exit_2(cli("sketch", "preset=smoke", "clip.model=NoSuchCLIP", f"hydra.run.dir={tmp_path}"), "NoSuchCLIP")
-    one_line_exit_2(cli("sketch", "init=nonsense", f"hydra.run.dir={tmp_path}"), "nonsense")
+    one_line_error(cli("sketch", "preset=smoke", "clip.model=NoSuchCLIP", f"hydra.run.dir={tmp_path}"), "NoSuchCLIP")
+    one_line_error(cli("sketch", "init=nonsense", f"hydra.run.dir={tmp_path}"), "nonsense")
 
 
+@pytest.mark.slow
 def test_bad_path_svg_leaves_no_partial_run(tmp_path):
     bad = tmp_path / "bad.svg"
     bad.write_text("<svg><path d='M 0 0 L 1 1'/></svg>")
     out = tmp_path / "run"
-    one_line_exit_2(cli("sketch", "preset=smoke", f"target={TARGET}", f"path_svg={bad}", f"hydra.run.dir={out}"),
+    one_line_error(cli("sketch", "preset=smoke", f"target={TARGET}", f"path_svg={bad}", f"hydra.run.dir={out}"),
                     "path_svg")
     assert not (out / "best.svg").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_svg(tmp_path):
     a = run_sketch(smoke(seeds=[3]), tmp_path / "a")
     b = run_sketch(smoke(seeds=[3]), tmp_path / "b")
     assert a.best_svg.read_bytes() == b.best_svg.read_bytes()
 
 
+@pytest.mark.slow
 def test_rerun_never_overwrites_a_first_run(tmp_path):
     first = run_sketch(smoke(seeds=[0], steps=3), tmp_path / "run")
     stamp = first.best_svg.read_bytes()
@@ -101,6 +103,7 @@ class NanOnCalls(torch.nn.Module):
         return terms
 
 
+@pytest.mark.slow
 def test_nonfinite_step_is_skipped_and_counted(tmp_path):
     cfg = smoke(seeds=[0], steps=8, max_nonfinite=3)
     module = build_module(cfg, load_target(resolve_target(TARGET)))
@@ -122,11 +125,12 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path):
     assert (tmp_path / "best.svg").is_file()
 
 
+@pytest.mark.slow
 def test_too_many_nonfinite_steps_stop_with_a_message(tmp_path):
     out = tmp_path / "run"
     res = cli("sketch", "preset=smoke", f"target={TARGET}", "steps=20", "clip.fc_weight=nan", "max_nonfinite=3",
               "logger=none", f"hydra.run.dir={out}")
-    one_line_exit_2(res, "non-finite")
+    one_line_error(res, "non-finite")
     assert "step 2" in res.stderr and "fc=" in res.stderr
     assert (out / "best.svg").is_file()  # the best sketch so far is kept
 
@@ -140,6 +144,7 @@ def test_strokes_leaving_the_canvas_render_without_nan():
     assert torch.isfinite(img).all() and torch.isfinite(pts.grad).all()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_best_svg(tmp_path):
     args = ["preset=smoke", f"target={TARGET}", "steps=30", "eval_interval=3", "save_interval=0",
             "checkpoint_interval=6", "seeds=[0]", "logger=csv"]
@@ -157,5 +162,6 @@ def test_kill_and_resume_gives_the_same_best_svg(tmp_path):
     assert (killed / "best.svg").read_bytes() == (whole / "best.svg").read_bytes()
 
 
+@pytest.mark.slow
 def test_resume_of_a_directory_without_checkpoint(tmp_path):
-    one_line_exit_2(cli("sketch", f"resume={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}"), "resume=")
+    one_line_error(cli("sketch", f"resume={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}"), "resume=")

@@ -3,9 +3,6 @@ augmentations, text guidance, the object mask, preset=official and the progress 
 
 import csv
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,8 +18,8 @@ from clipasso_pl.images import resolve_target
 from clipasso_pl.losses import ClipassoLoss
 from clipasso_pl.schedules import official_lr
 from clipasso_pl.sketch_target import load_sketch_target, load_target
+from cli_runs import cli
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 TARGET = "skimage:coffee"
 
 
@@ -97,6 +94,7 @@ def test_early_stopping_matches_the_official_loop_on_random_sequences():
     assert 50 < sum(official_stop(s) is not None for s in seqs) < 200  # both outcomes are exercised
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_a_real_run_at_the_second_calm_eval(tmp_path):
     # Loss weights ~0 (lr must stay > 0): the eval loss moves by far less than 1e-5 -> best at step 0, calm at 5,
     # stop after step 10's update.
@@ -119,6 +117,7 @@ def test_official_lr_formula():
         0.2 + 0.8 * (math.cos(math.pi * 50 / 100) + 1) / 2)
 
 
+@pytest.mark.slow
 def test_lr_scheduler_decays_the_points_lr_in_a_run(tmp_path):
     run_sketch(smoke(lr_scheduler=True, lr=0.5, logger="csv", eval_interval=0), tmp_path / "on")
     logged = dict(metrics(tmp_path / "on")["train/lr"])
@@ -127,6 +126,17 @@ def test_lr_scheduler_decays_the_points_lr_in_a_run(tmp_path):
         assert lr == pytest.approx(0.5 * (math.cos(math.pi * step / 10) + 1) / 2, rel=1e-6), step
     run_sketch(smoke(logger="csv", eval_interval=0), tmp_path / "off")
     assert {v for _, v in metrics(tmp_path / "off")["train/lr"]} == {1.0}
+
+
+@pytest.mark.slow
+def test_lr_scheduler_runs_over_every_stage(tmp_path):
+    """num_stages=3 x steps=3: one half-cosine over the 9 steps of the run (not one per stage, not over 3)."""
+    run_sketch(smoke(lr_scheduler=True, lr=0.5, logger="csv", eval_interval=0, steps=3, num_stages=3, strokes=4,
+                     canvas=96), tmp_path)
+    logged = dict(metrics(tmp_path)["train/lr"])
+    assert sorted(logged) == list(range(9))
+    for step, lr in logged.items():
+        assert lr == pytest.approx(0.5 * (math.cos(math.pi * step / 9) + 1) / 2, rel=1e-6), step
 
 
 # ---------------------------------------------------------------- conv_loss_type
@@ -208,6 +218,7 @@ def test_text_term_is_in_the_loss_and_its_gradient_reaches_the_points():
     assert torch.allclose(record.terms["text"], direct, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_text_term_is_logged_as_its_own_term(tmp_path):
     run_sketch(smoke(text_target="a cat", clip_text_guide=1.0, logger="csv", steps=4, eval_interval=2), tmp_path)
     logged = metrics(tmp_path)
@@ -258,6 +269,7 @@ def test_mask_makes_the_background_white(photo_and_mask, fix_scale):
     assert plain[0, ~grown].mean() < 0.9 or plain[1, ~grown].mean() < 0.5
 
 
+@pytest.mark.slow
 def test_mask_in_a_run_saves_mask_png_and_restricts_the_start_points(photo_and_mask, tmp_path):
     photo, mask = photo_and_mask
     cfg = smoke(target=str(photo), mask=str(mask), mask_object_attention=True, strokes=12, steps=2, seeds=[0, 5])
@@ -314,13 +326,13 @@ def test_official_padding_adds_the_official_margin(photo_and_mask):
     assert torch.all(img[:, :, 70:] == 1) and torch.all(img[:, 20:60, 10:70] < 1)
 
 
+@pytest.mark.slow
 def test_preset_official_reaches_the_cli(photo_and_mask, tmp_path):
     photo, _ = photo_and_mask
-    res = subprocess.run([sys.executable, "-m", "clipasso_pl.cli", "sketch", "preset=official", f"target={photo}",
-                          "clip.model=tiny-rn", "clip.pretrained=null", "init.model=tiny-vit", "init.pretrained=null",
-                          "steps=2", "seeds=[0]", "augment.num_augs=1", "logger=none", "clip.conv_loss_type=L1",
-                          "text_target='a red cup'", "clip_text_guide=0.5", "lr_scheduler=true",
-                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=ENV, timeout=300)
+    res = cli("sketch", "preset=official", f"target={photo}",
+              "clip.model=tiny-rn", "clip.pretrained=null", "init.model=tiny-vit", "init.pretrained=null",
+              "steps=2", "seeds=[0]", "augment.num_augs=1", "logger=none", "clip.conv_loss_type=L1",
+              "text_target='a red cup'", "clip_text_guide=0.5", "lr_scheduler=true", f"hydra.run.dir={tmp_path / 'run'}")
     assert res.returncode == 0, res.stderr[-3000:]
     inp = np.asarray(Image.open(tmp_path / "run" / "input.png"))
     squashed = np.asarray(Image.open(photo).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC))
@@ -335,6 +347,7 @@ def test_preset_official_reaches_the_cli(photo_and_mask, tmp_path):
 
 # ---------------------------------------------------------------- progress animation
 
+@pytest.mark.slow
 def test_progress_gif_has_one_frame_per_snapshot_of_the_best_seed(tmp_path):
     result = run_sketch(smoke(steps=12, save_interval=4, seeds=[0, 1000]), tmp_path / "on")
     gif = Image.open(result.run_dir / "progress.gif")
@@ -347,6 +360,7 @@ def test_progress_gif_has_one_frame_per_snapshot_of_the_best_seed(tmp_path):
     assert not list(off.run_dir.glob("progress.*"))
 
 
+@pytest.mark.slow
 def test_progress_frames_draw_each_step_as_its_snapshot_did(tmp_path):
     """With trained opacities and stages, a frame shows that step's opacities and only its stages' strokes."""
     result = run_sketch(smoke(steps=4, save_interval=2, num_stages=2, force_sparse=True, color_lr=0.3), tmp_path)
@@ -370,6 +384,7 @@ def test_progress_is_logged_to_wandb_as_a_video(tmp_path):
 
 # ---------------------------------------------------------------- resume
 
+@pytest.mark.slow
 def test_resume_with_the_official_options_gives_the_same_run(tmp_path, photo_and_mask):
     photo, mask = photo_and_mask
     options = dict(target=str(photo), mask=str(mask), mask_object_attention=True, text_target="a cup",

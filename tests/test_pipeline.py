@@ -2,9 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,13 +14,8 @@ from clipasso_pl.api import build_module, run_sketch
 from clipasso_pl.config import compose
 from clipasso_pl.sketch_target import load_target
 from clipasso_pl.strokes import read_svg
+from cli_runs import cli
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-
-
-def cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "clipasso_pl.cli", *args], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +104,7 @@ def train_points(cfg, tmp_path) -> torch.Tensor:
     return module.points.detach()
 
 
+@pytest.mark.slow
 def test_seed_alone_equals_seed_in_batch(photo, tmp_path):
     torch.manual_seed(123)  # global RNG must not matter
     together = train_points(small_cfg(photo, seeds=[0, 1000]), tmp_path / "a")
@@ -121,6 +114,7 @@ def test_seed_alone_equals_seed_in_batch(photo, tmp_path):
     assert (together[0] - together[1]).abs().max() > 1.0  # different seeds really differ
 
 
+@pytest.mark.slow
 def test_eval_loss_falls(photo, tmp_path):
     """Over 40 steps the best eval loss of a seed is clearly below its first eval (margin in the assert)."""
     cfg = compose("sketch", ["preset=smoke", "logger=csv", "~callbacks.snapshot", "~callbacks.early_stopping"], target=str(photo),
@@ -161,6 +155,7 @@ def test_path_svg_starts_from_the_file(photo, tmp_path, smoke_run):
         (["clip=no_such_group"], "no_such_group"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(photo, tmp_path, args, message):
     res = cli("sketch", "preset=smoke", f"hydra.run.dir={tmp_path}", *(["target=" + str(photo)] if "target" not in args[0] else []), *args)
     assert res.returncode == 2, (res.stdout[-2000:], res.stderr[-2000:])
@@ -168,12 +163,12 @@ def test_bad_input_is_one_line_and_exit_2(photo, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_weights_unreachable_fails_fast_with_fix(photo, tmp_path):
-    env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE"}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # closed local port: never a real host
     env["HF_HOME"] = str(tmp_path / "hf")  # empty cache
     start = time.monotonic()
-    res = cli("sketch", f"target={photo}", "steps=1", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    res = cli("sketch", f"target={photo}", "steps=1", f"hydra.run.dir={tmp_path / 'run'}", env={"HF_HUB_OFFLINE": None})
     took = time.monotonic() - start
     assert res.returncode == 2, res.stderr[-2000:]
     assert took < 60

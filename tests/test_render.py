@@ -1,4 +1,4 @@
-"""The torch renderer against diffvg's reference renders, finite differences and edge cases."""
+"""The torch renderer against diffvg's reference renders (tests/reference/diffvg)."""
 
 from pathlib import Path
 
@@ -10,7 +10,6 @@ from clipasso_pl.errors import ClipassoError
 from clipasso_pl.render import DiffvgRenderer, Renderer, TorchRenderer, build_renderer, render_strokes
 from clipasso_pl.strokes import Strokes
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "diffvg"
 SCENES = ["strokes_004", "strokes_016", "strokes_032", "strokes_064", "strokes_128", "strokes_256", "width3_016", "alpha_016"]
 # Gradient cosine floors against diffvg's 16-seed mean gradient (W, weight_smooth). diffvg's
 # own single render reaches 0.99 on small scenes and 0.91 at 256 strokes; on the smooth weight
@@ -18,8 +17,8 @@ SCENES = ["strokes_004", "strokes_016", "strokes_032", "strokes_064", "strokes_1
 COSINE_FLOOR = {"strokes_004": 0.95, "strokes_016": 0.95, "strokes_032": 0.95}
 
 
-def load_scene(name, dtype=torch.float32):
-    z = np.load(REFERENCE / f"{name}.npz")
+def load_scene(reference: Path, name: str, dtype=torch.float32):
+    z = np.load(reference / f"{name}.npz")
     points = torch.tensor(z["points"], dtype=dtype)[None]
     half_widths = torch.tensor(z["widths"], dtype=dtype)[None]
     opacities = torch.tensor(z["alphas"], dtype=dtype)[None]
@@ -36,13 +35,13 @@ def cosine(a, b):
 
 
 @pytest.fixture(scope="module")
-def weight_smooth():
-    return torch.from_numpy(np.load(REFERENCE / "weight_smooth.npz")["weight_smooth"])
+def weight_smooth(reference_dir):
+    return torch.from_numpy(np.load(reference_dir / "weight_smooth.npz")["weight_smooth"])
 
 
 @pytest.mark.parametrize("name", SCENES)
-def test_matches_diffvg_reference(name, weight_smooth):
-    z, points, hw, op = load_scene(name)
+def test_matches_diffvg_reference(name, weight_smooth, reference_dir):
+    z, points, hw, op = load_scene(reference_dir, name)
     points.requires_grad_(True)
     rgb = hwc(render_strokes(points, hw, op, 224, 224))
     assert rgb.shape == (224, 224, 3) and float(rgb.min()) >= 0 and float(rgb.max()) <= 1

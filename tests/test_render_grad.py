@@ -173,7 +173,7 @@ def test_float32_matches_float64():
     assert float((a - b.double()).abs().max()) < 1e-4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_cpu():
     pts, hw, op = small_scene(torch.float32)
     p = pts.cuda().requires_grad_(True)

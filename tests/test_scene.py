@@ -5,9 +5,6 @@ subprocess) and its files are checked by several tests; resuming it trains nothi
 """
 
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,14 +20,9 @@ from clipasso_pl.scene.driver import run_scene
 from clipasso_pl.scene.losses import SceneClipLoss
 from clipasso_pl.scene.matrix import parse_cells
 from clipasso_pl.scene.module import SceneRecord, select_lowest
+from cli_runs import cli
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 PARTS = ("background", "foreground")
-
-
-def cli(*args, timeout=600, env=None):
-    return subprocess.run([sys.executable, "-m", "clipasso_pl.cli", *args], capture_output=True, text=True,
-                          env={**ENV, **(env or {})}, timeout=timeout)
 
 
 def make_scene(path: Path, opaque: bool = False) -> Path:
@@ -195,6 +187,7 @@ def test_resume_skips_finished_cells_and_refuses_other_settings(smoke_matrix, sc
         run_scene(other, out / "ignored")
 
 
+@pytest.mark.slow
 def test_no_mask_is_a_one_line_error(tmp_path):
     opaque = make_scene(tmp_path / "opaque.png", opaque=True)
     cfg = compose("scene", ["preset=smoke", f"target={opaque}", "mask_model=null"])
@@ -311,6 +304,7 @@ def test_object_fidelity_weights_its_two_blocks_by_gradnorm_per_seed():
     assert torch.allclose(r.terms["loss"], r.terms["conv/block1"] + 0.5 * r.terms["conv/block0"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_adam_step_counter_keeps_growing_when_a_level_loads_the_previous_state():
     feats = ClipFeatures("tiny-vit", None)
     first, initial = _tiny_module(feats, simplify=True, eval_start=2, eval_interval=1)

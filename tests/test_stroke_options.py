@@ -22,6 +22,7 @@ from clipasso_pl.module import step_loader
 from clipasso_pl.render import render_strokes
 from clipasso_pl.render.renderers import TorchRenderer
 from clipasso_pl.strokes import Strokes, cubic_segments, read_strokes, svg_string, write_svg
+from cli_runs import cli, kill_after_first_checkpoint
 
 TARGET = "skimage:coffee"
 
@@ -138,6 +139,7 @@ def test_random_walk_continues_through_every_segment():
     assert steps.abs().max() <= 0.5 * 0.05 * 96 + 1e-5 and steps.abs().max() > 0.5
 
 
+@pytest.mark.slow
 def test_two_segment_run_writes_and_restarts_from_its_svg(tmp_path):
     result = run_sketch(smoke(num_segments=2, steps=4), tmp_path / "run")
     strokes, _ = read_strokes(result.best_svg, num_strokes=4)
@@ -153,6 +155,7 @@ def test_two_segment_run_writes_and_restarts_from_its_svg(tmp_path):
 # --- sparse opacity ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_force_sparse_moves_opacities_within_0_1_and_writes_them(tmp_path):
     cfg = smoke(force_sparse=True, color_lr=0.2, steps=8)
     module, record, trainer = fit(cfg, tmp_path)
@@ -180,6 +183,7 @@ def test_opacity_step_is_the_official_adam_step(tmp_path):
     assert (moved < -0.04).any()
 
 
+@pytest.mark.slow
 def test_color_vars_threshold_binarises(tmp_path):
     module, record, _ = fit(smoke(force_sparse=True, color_lr=0.4, color_vars_threshold=0.8, steps=4), tmp_path)
     for ops in record.opacities.values():
@@ -198,26 +202,32 @@ def test_force_sparse_starts_from_the_opacities_of_path_svg(tmp_path):
 # --- stages --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stage_k_adds_its_strokes_and_freezes_the_earlier_ones(tmp_path):
-    cfg = smoke(num_stages=2, steps=5, eval_interval=0, save_interval=5)
+    """Three stages (two boundaries: a rule for "the first boundary" only would pass with two)."""
+    cfg = smoke(num_stages=3, steps=4, eval_interval=0, save_interval=4)
     module, record, trainer = fit(cfg, tmp_path)
-    assert trainer.global_step == 10 and module.points.shape[:2] == (1, 8)
+    assert trainer.global_step == 12 and module.points.shape[:2] == (1, 12)
     starts = torch.stack([r.starts for r in module.init_results])[0]
-    assert len({tuple(s.tolist()) for s in starts}) == 8  # all stages' starts in one draw without replacement
-    p = record.points
-    assert not torch.equal(p[0][:, :4], p[5][:, :4])  # stage 0 trains its strokes ...
-    assert torch.equal(p[0][:, 4:], p[5][:, 4:])  # ... and not stage 1's
-    assert torch.equal(p[5][:, :4], p[9][:, :4])  # stage 1 leaves stage 0's strokes where they were
-    assert not torch.equal(p[5][:, 4:], p[9][:, 4:])
-    # stage 1 starts a fresh Adam: its first step moves every coordinate with a gradient by lr = 1
-    step = (p[6] - p[5])[:, 4:].abs()
-    moved = step[step > 1e-6]
-    # (without the reset Adam's bias correction at step 6 would make it about 0.5; tiny gradients lose a little to eps)
-    assert moved.numel() > 0 and (moved > 0.99).all() and (moved < 1 + 1e-5).all(), moved
+    assert len({tuple(s.tolist()) for s in starts}) == 12  # all stages' starts in one draw without replacement
+    p = {**record.points, 12: module.points.detach()}
+    for stage in range(3):
+        first, last = 4 * stage, 4 * stage + 4  # stage k's strokes and steps
+        a, b = p[4 * stage], p[4 * stage + 4]
+        assert torch.equal(a[:, :first], b[:, :first]), stage  # earlier stages' strokes stay where they were
+        assert not torch.equal(a[:, first:last], b[:, first:last]), stage  # stage k trains its strokes ...
+        assert torch.equal(a[:, last:], b[:, last:]), stage  # ... and not the later stages'
+        if stage == 0:
+            continue
+        # every stage starts a fresh Adam: its first step moves every coordinate with a gradient by lr = 1
+        # (without the reset Adam's bias correction at step 5 or 9 would make it about 0.5; tiny gradients
+        # lose a little to eps)
+        step = (p[4 * stage + 1] - a)[:, first:last].abs()
+        moved = step[step > 1e-6]
+        assert moved.numel() > 0 and (moved > 0.99).all() and (moved < 1 + 1e-5).all(), (stage, moved)
     snaps = tmp_path / "seeds" / "seed0" / "snapshots"
-    assert read_strokes(snaps / "step00000.svg")[0].num_strokes == 4
-    assert read_strokes(snaps / "step00005.svg")[0].num_strokes == 8
-    assert read_strokes(tmp_path / "seeds" / "seed0" / "final.svg")[0].num_strokes == 8
+    assert [read_strokes(snaps / f"step{s:05d}.svg")[0].num_strokes for s in (0, 4, 8)] == [4, 8, 12]
+    assert read_strokes(tmp_path / "seeds" / "seed0" / "final.svg")[0].num_strokes == 12
 
 
 def test_bad_stroke_options_name_the_fix(tmp_path):
@@ -230,9 +240,8 @@ def test_bad_stroke_options_name_the_fix(tmp_path):
 # --- resume --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_and_resume_with_every_stroke_option(tmp_path):
-    from cli_runs import cli, kill_after_first_checkpoint
-
     args = ["sketch", "preset=smoke", f"target={TARGET}", "steps=8", "num_stages=2", "num_segments=2",
             "force_sparse=true", "color_lr=0.1", "eval_interval=2", "save_interval=0", "checkpoint_interval=4",
             "seeds=[0]", "logger=none", "canvas=96", "strokes=4"]

@@ -15,7 +15,6 @@ from clipasso_pl.strokes import read_svg, svg_string, write_svg
 
 resvg_py = pytest.importorskip("resvg_py")
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "diffvg"
 SCENES = ["strokes_004", "strokes_016", "strokes_032", "strokes_064", "strokes_128", "strokes_256", "width3_016", "alpha_016"]
 
 
@@ -28,8 +27,8 @@ def resvg_render(svg: str, size: int, zoom: int = 1) -> np.ndarray:
     return image.reshape(size, zoom, size, zoom, 3).mean(axis=(1, 3))
 
 
-def scene(name):
-    z = np.load(REFERENCE / f"{name}.npz")
+def scene(reference: Path, name: str):
+    z = np.load(reference / f"{name}.npz")
     return torch.from_numpy(z["points"]), torch.from_numpy(z["widths"]), torch.from_numpy(z["alphas"])
 
 
@@ -39,8 +38,8 @@ def ours(points, half_widths, opacities, size=224):
 
 
 @pytest.mark.parametrize("name", SCENES)
-def test_resvg_agrees_with_render_strokes(name):
-    points, hw, op = scene(name)
+def test_resvg_agrees_with_render_strokes(name, reference_dir):
+    points, hw, op = scene(reference_dir, name)
     svg = svg_string(points, hw, op, 224, 224)
     mine = ours(points, hw, op)
     # 4x4 supersampled resvg approximates the exact pixel-area coverage we compute.
@@ -54,9 +53,9 @@ def test_resvg_agrees_with_render_strokes(name):
     assert abs(ink / ink_ref - 1) <= 0.01
 
 
-def test_width_and_opacity_are_written_as_svg_means_them():
+def test_width_and_opacity_are_written_as_svg_means_them(reference_dir):
     """A wrong factor of 2 in stroke-width or a dropped opacity shows up as lost agreement."""
-    points, hw, op = scene("alpha_016")
+    points, hw, op = scene(reference_dir, "alpha_016")
     svg = svg_string(points, hw, op, 224, 224)
     mine = ours(points, hw, op)
     good = np.abs(resvg_render(svg, 224, zoom=4) - mine).mean()
