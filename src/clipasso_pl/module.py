@@ -19,6 +19,30 @@ from .errors import ClipassoError
 from .strokes import Strokes, points_per_stroke
 
 
+def skip_nonfinite_step(optimizer, ok: Tensor, active: Tensor, per_seed: list[Tensor]) -> None:
+    """One fused Adam step that changes nothing when ``ok`` [] is False and never moves a stopped seed.
+
+    A fused Adam (``fused=True``) skips its update on the device when its ``found_inf`` is nonzero
+    (the mechanism AMP's grad scaler uses): no parameter, moment or step count changes, and no host
+    read. A seed with ``active[s]`` False gets a zero gradient from the masked loss; zeroing its first
+    moment too makes Adam's update for it exactly 0 (its momentum would keep moving it).
+    per_seed: the parameters whose dim 0 is the seed.
+    """
+    adam = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper holds the torch optimizer
+    if not all(group.get("fused") for group in adam.param_groups):
+        raise ValueError("skip_nonfinite_step needs a fused Adam (fused=True)")
+    with torch.no_grad():
+        for p in per_seed:
+            state = adam.state.get(p)
+            if state and "exp_avg" in state:
+                state["exp_avg"].mul_(active.view(-1, *[1] * (p.dim() - 1)))
+    adam.found_inf = (~ok).to(torch.float32).reshape(())
+    try:
+        optimizer.step()
+    finally:
+        del adam.found_inf
+
+
 class StepDataset(Dataset):
     """``steps`` dummy items: one optimisation step each (the target lives in the module)."""
 
@@ -339,22 +363,8 @@ class SketchModule(pl.LightningModule):
         self.count_nonfinite(int(self.global_step), loss_ok, ok)
         if self.num_stages > 1:
             self.freeze_earlier_stages(optimizer)
-        # Step, then put back what must not change, with device-side selects instead of host branches:
-        # a non-finite step keeps every parameter and its Adam state; a stopped seed keeps its strokes
-        # (Adam's momentum would keep moving it).
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        saved = [(p, p.detach().clone(), {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
-                                          if isinstance(v, Tensor)}) for p in params]
-        optimizer.step()
+        skip_nonfinite_step(optimizer, ok, self.active, [p for p in (self.points, self.opacities) if p is not None])
         with torch.no_grad():
-            for p, before, state in saved:
-                per_seed = p is self.points or p is self.opacities
-                keep = (ok & self.active).view(-1, *[1] * (p.dim() - 1)) if per_seed else ok
-                p.copy_(torch.where(keep, p, before))
-                for k, v in optimizer.state[p].items():
-                    if isinstance(v, Tensor):
-                        old = state[k] if k in state else torch.zeros_like(v)
-                        v.copy_(torch.where(ok.to(v.device), v, old))
             if self.opacities is not None:  # the official code clamps the stroke colour before every render
                 self.opacities.clamp_(0.0, 1.0)
                 if self.color_vars_threshold > 0:
@@ -369,7 +379,7 @@ class SketchModule(pl.LightningModule):
             getattr(optimizer, "optimizer", optimizer).state.clear()
         for p in (self.points, self.opacities):
             if p is not None and p.grad is not None:
-                p.grad[:, :first] = 0  # with a fresh Adam, a zero gradient moves nothing
+                p.grad[:, :first].zero_()  # with a fresh Adam, a zero gradient moves nothing (zero_: no Python scalar copied in)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         step = int(self.global_step) - 1  # the step just taken
@@ -382,8 +392,8 @@ class SketchModule(pl.LightningModule):
         capturable = self.device.type == "cuda"
         if self.opacities is not None:  # one Adam, two groups: the same updates as the official two Adams
             groups = [{"params": [self.points]}, {"params": [self.opacities], "lr": self.color_lr}]
-            return torch.optim.Adam(groups, lr=self.lr, capturable=capturable)
-        return torch.optim.Adam([self.points], lr=self.lr, capturable=capturable)
+            return torch.optim.Adam(groups, lr=self.lr, capturable=capturable, fused=True)
+        return torch.optim.Adam([self.points], lr=self.lr, capturable=capturable, fused=True)
 
     def on_train_start(self) -> None:
         self.clip.eval()
