@@ -123,6 +123,7 @@ class SketchModule(pl.LightningModule):
         lr_schedule=None,
         text_guide: nn.Module | None = None,
         text_weight: float = 0.0,
+        compile_step: str | None = None,
     ):
         super().__init__()
         if strokes < 1:
@@ -147,6 +148,9 @@ class SketchModule(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.text_guide = text_guide.requires_grad_(False).eval() if text_guide is not None else None
         self.text_weight = float(text_weight)
+        # compile=step: a torch.compile backend name for step_terms (None: eager); compiled on first use.
+        self.compile_step = compile_step
+        self._compiled_step = None
         self.clip = clip.requires_grad_(False).eval()
         self.loss_fn = loss
         self.augment = augment
@@ -264,9 +268,14 @@ class SketchModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, sketches: Tensor) -> dict[str, Tensor]:
-        """Augmented CLIP loss. sketches: [S, 3, H, W] -> per-seed terms [S]."""
+        """Augmented CLIP loss. sketches: [S, 3, H, W] -> per-seed terms [S] (draws this step's views)."""
+        views = self.augment.device_params(self.augment_generators, *sketches.shape[-2:], sketches.device, sketches.dtype)
+        return self.loss_terms(sketches, views)
+
+    def loss_terms(self, sketches: Tensor, views: Tensor | None) -> dict[str, Tensor]:
+        """Per-seed terms [S] of sketches [S, 3, H, W] under the drawn ``views`` (JointAugment.device_params)."""
         with self.full_precision():
-            sketch_views, target_views = self.augment(sketches, self.target, self.augment_generators)
+            sketch_views, target_views = self.augment.apply(sketches, self.target, views)
         with torch.no_grad():
             target_feats = self.clip(target_views)
         sketch_feats = self.clip(sketch_views)
@@ -275,6 +284,37 @@ class SketchModule(pl.LightningModule):
         if self.text_guide is not None:
             terms = self.add_text_term(terms, sketch_views, int(getattr(self.augment, "num_augs", 0)))
         return terms
+
+    def step_terms(self, points: Tensor, opacities: Tensor | None, views: Tensor | None) -> dict[str, Tensor]:
+        """A training step's per-seed terms [S]: render the drawn strokes ``points`` [S, M', P, 2] (with
+        ``opacities`` [S, M'] or None), augment them with the drawn ``views`` [S * A, 12] (or None), CLIP
+        towers, loss. Device work only, no draw and no host read: ``compile=step`` compiles it as one
+        graph (its backward through AOTAutograd)."""
+        with self.full_precision():
+            sketches = self.renderer.render(self.strokes(points, opacities, points.shape[1]), self.height, self.width)
+        return self.loss_terms(sketches, views)
+
+    def step_function(self):
+        """``step_terms``, compiled once with ``fullgraph=True`` when ``compile_step`` names a backend: on
+        CUDA with inductor as CUDA graphs (``mode="reduce-overhead"``), which the sync-free step allows."""
+        if not self.compile_step:
+            return self.step_terms
+        cuda_graphs = self.device.type == "cuda" and self.compile_step == "inductor"
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(self.step_terms, backend=self.compile_step, fullgraph=True,
+                                                dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+        if cuda_graphs:  # the previous step's graph outputs (already consumed) may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled_step
+
+    def visible(self) -> tuple[Tensor, Tensor | None]:
+        """The trained points [S, M', P, 2] and opacities [S, M'] (or None) of the strokes drawn now."""
+        count = self.visible_strokes()
+        points, opacities = self.points, self.opacities
+        if count != points.shape[1]:
+            points = points[:, :count]
+            opacities = None if opacities is None else opacities[:, :count]
+        return points, opacities
 
     def add_text_term(self, terms: dict[str, Tensor], sketch_views: Tensor, num_augs: int) -> dict[str, Tensor]:
         """The CLIP text term ``text`` [S] and ``text_weight`` x it added to ``loss``.
@@ -312,7 +352,9 @@ class SketchModule(pl.LightningModule):
             self.last_eval = self.evaluate()
         else:
             self.last_eval = None
-        terms = self.compute_loss(self.render())
+        points, opacities = self.visible()
+        views = self.augment.device_params(self.augment_generators, self.height, self.width, points.device, points.dtype)
+        terms = self.step_function()(points, opacities, views)
         self.last_train = {k: v.detach() for k, v in terms.items()}
         # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.
         total = (terms["loss"] * self.active).sum()

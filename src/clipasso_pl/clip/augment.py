@@ -164,10 +164,23 @@ class JointAugment(nn.Module):
             return images
         return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
 
+    def device_params(self, generators: list[torch.Generator], height: int, width: int, device: torch.device,
+                      dtype: torch.dtype) -> Tensor | None:
+        """This step's draws [V, 12] on ``device`` (one copy, see :meth:`draw_params`), or None when the
+        views need none (``num_augs`` = 0 or ``augmentations=none``)."""
+        if self.num_augs == 0 or self.augmentations == "none":
+            return None
+        return host_to_device(self.draw_params(generators, height, width), device, dtype)
+
     def forward(self, sketch: Tensor, target: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor]:
         S, C, H, W = sketch.shape
         if len(generators) != S:
             raise ValueError(f"JointAugment: {S} sketches but {len(generators)} generators")
+        return self.apply(sketch, target, self.device_params(generators, H, W, sketch.device, sketch.dtype))
+
+    def apply(self, sketch: Tensor, target: Tensor, params: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The views of drawn ``params`` [S * A, 12] (:meth:`device_params`): device work only, no draws."""
+        S, C, H, W = sketch.shape
         if target.shape[0] not in (1, S):
             raise ValueError(f"JointAugment: target batch {target.shape[0]} must be 1 or {S}")
         target = target.to(sketch.dtype).expand(S, -1, -1, -1)
@@ -177,7 +190,6 @@ class JointAugment(nn.Module):
             return plain_s, plain_t
         if self.augmentations == "none":
             return plain_s.repeat_interleave(1 + A, dim=0), plain_t.repeat_interleave(1 + A, dim=0)
-        params = host_to_device(self.draw_params(generators, H, W), sketch.device, sketch.dtype)  # one copy
         grid = view_grid(params[:, :8], params[:, 8:], self.size, H, W).view(S, A * self.size, self.size, 2)
         # One grid_sample for every view of both images: the A grids of a seed stacked along the output
         # rows and the (sketch, target) pair stacked along the channels, so neither the images nor the
