@@ -108,30 +108,24 @@ def recorded(tmp_path_factory) -> dict[str, list[StepRecord]]:
     return out
 
 
-def syncs(records: list[StepRecord], outside: str | None = None) -> list[tuple[int, str, str]]:
-    return [(r.step, reason, where) for r in records for reason, _, where in r.syncs
-            if outside is None or not where.startswith(outside)]
+def syncs(records: list[StepRecord]) -> list[tuple[int, str, str]]:
+    return [(r.step, reason, where) for r in records for reason, _, where in r.syncs]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [*SKETCH_CASES, "scene"])
-def test_training_steps_have_no_host_sync_outside_the_renderer(recorded, case):
-    records = recorded[case]
-    assert len(records) >= 4 and all(r.kernels > 100 for r in records)
-    assert syncs(records, outside="render/core.py") == []
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the renderer's own syncs (render/core.py) until issue-17r lands")
 @pytest.mark.parametrize("case", [*SKETCH_CASES, "scene"])
 def test_training_steps_have_no_host_sync(recorded, case):
-    assert syncs(recorded[case]) == []
+    records = recorded[case]
+    assert len(records) >= 4 and all(r.kernels > 100 for r in records)
+    assert syncs(records) == []
 
 
 @pytest.mark.slow
 def test_ops_per_step_are_the_same_each_quiet_step(recorded):
-    """A static step: the same ops every quiet step (within a stage), so it can be captured once."""
-    ops = [r.ops for r in recorded["default"][:-1]]  # the last step's window also holds the end of fit
+    """A static step: the same ops every quiet step (within a stage), so it can be captured once. The first
+    step after an eval differs by the renderer's budget bookkeeping (its needs' running max starts over at the
+    eval's refit), the last step's window also holds the end of fit."""
+    ops = [r.ops for r in recorded["default"][1:-1]]
     assert len(ops) >= 2 and len(set(ops)) == 1, ops
 
 
