@@ -1,12 +1,13 @@
 """The GPU path on the CPU: the full-step benchmark, precision switches, logging cadence, device moves.
 
-The CUDA-only checks (same step on cpu and cuda, no host syncs in a training step) are skipped
-without CUDA.
+The CUDA-only check (same step on cpu and cuda) is skipped without CUDA; the training step's host
+syncs are tested in test_syncs_step.py (on the CPU by a recorder, on CUDA under sync-debug mode).
 """
 
 import csv
 import json
-import warnings
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
 from clipasso_pl.module import step_loader
-from cli_runs import cli
+from cli_runs import ENV, cli
 
 TARGET = "skimage:coffee"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -347,36 +348,6 @@ def test_ddp_on_two_gpus(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps_run"] == 12 and summary["rank_steps"] == [12, 12] and summary["world_size"] == 2
     assert summary["rank_divergence"] == 0.0
-
-
-@gpu_only
-def test_training_step_has_no_host_sync_outside_the_renderer(tmp_path):
-    """From step 1 to step 9 (between the evals at 0 and 10), with every callback and the logger on,
-    every synchronising CUDA call must come from the renderer's data-dependent sizes."""
-    cfg = sketch_cfg(steps=10, eval_interval=10, save_interval=10, seeds=[0, 1000], logger="csv")
-    cfg.trainer.accelerator = "gpu"
-    module = build_module(cfg, load_target(resolve_target(TARGET), size=int(cfg.canvas)))
-
-    class SyncDebug(pl.Callback):  # first in the list: its window covers the other callbacks and Lightning
-        def on_train_batch_start(self, trainer, m, batch, idx):
-            torch.cuda.set_sync_debug_mode("warn" if 0 < trainer.global_step < 9 else 0)
-
-        def on_train_end(self, trainer, m):
-            torch.cuda.set_sync_debug_mode(0)
-
-    from hydra.utils import instantiate
-
-    callbacks = [SyncDebug()] + [instantiate(c) for c in cfg.callbacks.values() if c]
-    trainer = build_trainer(cfg, tmp_path, callbacks)
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            trainer.fit(module, train_dataloaders=step_loader(10))
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    caught = [w for w in seen if "synchroniz" in str(w.message).lower()]
-    places = {Path(w.filename).as_posix().split("clipasso_pl/")[-1] for w in caught}
-    assert places <= {"render/core.py"}, places
 
 
 @pytest.mark.slow

@@ -165,3 +165,30 @@ def test_kill_and_resume_gives_the_same_best_svg(tmp_path):
 @pytest.mark.slow
 def test_resume_of_a_directory_without_checkpoint(tmp_path):
     one_line_error(cli("sketch", f"resume={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}"), "resume=")
+
+
+def test_skipped_step_keeps_every_parameter_and_adam_state_and_a_stopped_seed_keeps_its_strokes():
+    """The fused Adam's on-device skip: a non-finite step changes nothing (parameters, moments, step
+    count), and a stopped seed does not move though its momentum is nonzero; no clones needed."""
+    from clipasso_pl.module import skip_nonfinite_step
+
+    points = torch.nn.Parameter(torch.rand(2, 3, 4, 2))
+    adam = torch.optim.Adam([points], lr=0.1, fused=True)
+    active, yes = torch.ones(2, dtype=torch.bool), torch.tensor(True)
+    for _ in range(3):
+        points.grad = torch.rand_like(points)
+        skip_nonfinite_step(adam, yes, active, [points])
+    before = points.detach().clone()
+    state = {k: v.clone() for k, v in adam.state[points].items()}
+    points.grad = torch.full_like(points, float("nan"))
+    skip_nonfinite_step(adam, torch.tensor(False), active, [points])
+    assert torch.equal(points.detach(), before)
+    assert all(torch.equal(adam.state[points][k], v) for k, v in state.items())
+    assert float(adam.state[points]["step"]) == 3.0
+    # seed 1 stops: the masked loss gives it a zero gradient; Adam's momentum alone would still move it
+    active = torch.tensor([True, False])
+    points.grad = torch.rand_like(points) * active.view(2, 1, 1, 1)
+    skip_nonfinite_step(adam, yes, active, [points])
+    assert torch.equal(points.detach()[1], before[1]) and not torch.equal(points.detach()[0], before[0])
+    with pytest.raises(ValueError, match="fused"):
+        skip_nonfinite_step(torch.optim.Adam([points]), yes, active, [points])

@@ -223,3 +223,31 @@ def test_zscore_selection_per_seed_on_a_made_up_eval_table():
     # Seed 0's best (-1.414 at step 400) beats seed 1's best (-0.764 at step 100).
     seed, index = select_zscore(records, ["conv/block2", "sparsity"])
     assert (seed, records[index].step) == (0, 400)
+
+
+def test_batched_mlp_forwards_equal_each_seeds_own_forward():
+    """One forward for all seeds gives each seed what its own MLP gives (and its own gradients)."""
+    from clipasso_pl.scene.mlp import gumbel_uniforms
+
+    S, N = 3, 6
+    locs = [seeded(lambda: LocationMLP(N, 32), s) for s in (0, 1000, 2000)]
+    widths = [seeded(lambda: WidthMLP(N, 32), s) for s in (0, 1000, 2000)]
+    x = torch.rand(S, N * 8) * 2 - 1
+    each = torch.stack([m(xi) for m, xi in zip(locs, x)])
+    batched = LocationMLP.batched(locs, x)
+    torch.testing.assert_close(batched, each, rtol=0, atol=1e-6)
+    w_in = torch.full((N,), 1.5)
+    torch.testing.assert_close(WidthMLP.batched(widths, w_in), torch.stack([m(w_in) for m in widths]), rtol=0, atol=1e-6)
+    batched.sum().backward()
+    grads = [m.net[0].weight.grad.clone() for m in locs]
+    for m in locs:
+        m.zero_grad()
+    each = torch.stack([m(xi) for m, xi in zip(locs, x)])
+    each.sum().backward()
+    for g, m in zip(grads, locs):
+        torch.testing.assert_close(g, m.net[0].weight.grad, rtol=0, atol=1e-6)
+    # the Gumbel uniforms drawn for all seeds in one copy are each seed's own draw
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1000, 2000)]
+    u = gumbel_uniforms((N,), gens, "cpu", torch.float32)
+    for s, row in zip((0, 1000, 2000), u):
+        assert torch.equal(row, torch.rand((N, 2), generator=torch.Generator().manual_seed(s)))

@@ -9,6 +9,9 @@ flags set here; ``channels_last`` and ``compile_clip`` change the CLIP tower
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 from omegaconf import DictConfig
 
@@ -41,6 +44,21 @@ def apply_speed_config(cfg: DictConfig, clip) -> None:
                                 f"({', '.join(torch._dynamo.list_backends())})")
     set_backend_flags(cfg.tf32, bool(cfg.cudnn_benchmark))
     clip.speed(channels_last=bool(cfg.channels_last), compile=compile_clip)
+
+
+# True inside host_side(): the sync recorder (syncs.py) skips what runs there.
+HOST_SIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("clipasso_pl_host_side", default=False)
+
+
+@contextlib.contextmanager
+def host_side():
+    """Mark host-only work on CPU tensors that never touch the device (draws from the per-seed CPU
+    generators, reading them): not a device sync. Costs one context-variable write."""
+    token = HOST_SIDE.set(True)
+    try:
+        yield
+    finally:
+        HOST_SIDE.reset(token)
 
 
 def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

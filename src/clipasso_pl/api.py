@@ -154,7 +154,21 @@ def build_module(cfg: DictConfig, target: torch.Tensor, mask: torch.Tensor | Non
         lr_schedule=lr_schedule(cfg),
         text_guide=build_text_guide(cfg),
         text_weight=cfg.clip_text_guide,
+        compile_step=step_backend(cfg),
     )
+
+
+def step_backend(cfg: DictConfig) -> str | None:
+    """The torch.compile backend of ``compile=step`` (``compile_backend``, default inductor), or None."""
+    if str(cfg.compile) != "step":
+        return None
+    backend = str(cfg.compile_backend or "inductor")
+    import torch._dynamo
+
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ClipassoError(f"compile_backend={backend}: use a torch.compile backend "
+                            f"({', '.join(torch._dynamo.list_backends())})")
+    return backend
 
 
 def total_steps(cfg: DictConfig) -> int:

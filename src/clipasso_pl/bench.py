@@ -9,7 +9,10 @@ it times the training step of :class:`SketchModule` on the chosen device:
   every phase on even steps and around the whole step on odd steps (same machine load):
   the per-phase medians of a training step should sum to the median whole step
   (``phases_over_step``, within 10 % on a CPU).
-- **bare**: the same loop with no synchronisation inside the timed span (the real pipelining).
+- **bare**: the step as ``training_step`` runs it (one graph with ``compile=step``, whose rows have
+  no phases), with no synchronisation inside the timed span (the real pipelining).
+- **ops per step**: the aten ops, kernels (about the launches on a GPU) and host syncs of one
+  training step that is not an eval step, recorded once with ``syncs.SyncRecorder``, untimed.
 - **trainer**: the same module through the Lightning Trainer with the configured callbacks
   (logging, snapshots, best sketch, early stopping, checkpoints) and a CSV logger. Its
   *fixed overhead* is the host time of each step spent outside ``training_step`` ..
@@ -133,7 +136,7 @@ def bare_loop(module, cfg: DictConfig, device: torch.device, warmup: int, steps:
     module.to(device)
     if not bool(module.initialized):
         module.initialize()
-    optimizer = torch.optim.Adam([module.points], lr=module.lr, capturable=device.type == "cuda")
+    optimizer = module.configure_optimizers()
     times, phases = StepTimes(device, warmup), {p: [] for p in PHASES}
     whole: list[float] = []  # ms of odd (whole-timed) steps without an eval
     interval = module.eval_interval
@@ -167,17 +170,20 @@ def bare_loop(module, cfg: DictConfig, device: torch.device, warmup: int, steps:
                     synchronize(device)
                     if step >= warmup:
                         phases["eval"].append(1e3 * (time.perf_counter() - eval_start))
-            sketches = module.render()
-            tick("render")
-            with module.full_precision():
-                sketch_views, target_views = module.augment(sketches, module.target, module.augment_generators)
-            tick("augment")
-            with torch.no_grad():
-                target_feats = module.clip(target_views)
-            tick("target_forward")
-            sketch_feats = module.clip(sketch_views)
-            with module.full_precision():
-                terms = module.loss_fn(sketch_feats, target_feats, len(module.seeds))
+            if phased:
+                sketches = module.render()
+                tick("render")
+                with module.full_precision():
+                    sketch_views, target_views = module.augment(sketches, module.target, module.augment_generators)
+                tick("augment")
+                with torch.no_grad():
+                    target_feats = module.clip(target_views)
+                tick("target_forward")
+                sketch_feats = module.clip(sketch_views)
+                with module.full_precision():
+                    terms = module.loss_fn(sketch_feats, target_feats, len(module.seeds))
+            else:  # what training_step runs (one compiled graph with compile=step)
+                terms = step_terms(module)
             total = (terms["loss"] * module.active).sum()
             tick("sketch_forward")
         module.last_train = {k: v.detach() for k, v in terms.items()}
@@ -204,6 +210,41 @@ def bare_loop(module, cfg: DictConfig, device: torch.device, warmup: int, steps:
                    phases_min_ms=minima, train_step_min_ms=min(whole, default=float("nan")),
                    phases_over_step_min=sum(minima.values()) / min(whole, default=float("nan")))
     return out
+
+
+def step_terms(module) -> dict:
+    """The training step's terms as ``training_step`` computes them (draws, then the device work)."""
+    points, opacities = module.visible()
+    views = module.augment.device_params(module.augment_generators, module.height, module.width, points.device,
+                                         points.dtype)
+    return module.step_function()(points, opacities, views)
+
+
+def ops_per_step(module, cfg: DictConfig, device: torch.device) -> dict:
+    """Ops, kernels (on a GPU about its launches) and host syncs of one training step that is not an
+    eval step, recorded once with the dispatch recorder (``syncs.py``), outside the timed loops."""
+    from .syncs import SyncRecorder
+
+    module.to(device)
+    if not bool(module.initialized):
+        module.initialize()
+    optimizer = module.configure_optimizers()
+
+    def step(index: int) -> None:
+        with autocast_for(cfg, device):
+            terms = step_terms(module)
+            total = (terms["loss"] * module.active).sum()
+        module.last_train = {k: v.detach() for k, v in terms.items()}
+        module.step_finite = torch.isfinite(total)
+        total.backward()
+        module.optimizer_step(0, index, optimizer, lambda: None)
+        optimizer.zero_grad()
+
+    step(0)  # warm: Adam's state, a compiled graph
+    with SyncRecorder() as rec:
+        step(1)
+    return {"ops_per_step": rec.current.ops, "kernels_per_step": rec.current.kernels,
+            "syncs_per_step": len(rec.current.syncs)}
 
 
 def trainer_loop(module, cfg: DictConfig, device: torch.device, warmup: int, steps: int) -> dict:
@@ -248,6 +289,9 @@ def bench_row(cfg: DictConfig, target, device: torch.device, loops: list[str],
     steps = warmup + -(-repeats // interval) * interval  # whole eval intervals are timed
     clip_and_loss = build_clip(cfg.clip)
     row: dict = {"timed_steps": steps - warmup}
+    row.update(ops_per_step(build_module(cfg, target, clip_and_loss=clip_and_loss), cfg, device))
+    if str(cfg.get("compile", "none")) == "step":
+        loops = [loop for loop in loops if loop != "phases"]  # one graph: no phase boundaries to time
     if "phases" in loops:
         # phases_over_step: the per-phase medians of a training step (eval excluded) over the median of
         # whole-timed training steps of the same run: 1 when the phases cover the step; the same with
@@ -281,7 +325,7 @@ def fmt(value, digits: int = 1) -> str:
 
 def markdown(report: dict) -> str:
     """One table row per (model, S, variant): phase medians, their sum, bare and trainer steps, overhead (ms)."""
-    head = ["model", "S", "variant", *PHASES, "phases sum", "train step (median)", "phases / step",
+    head = ["model", "S", "variant", "ops / step", "kernels / step", "syncs / step", *PHASES, "phases sum", "train step (median)", "phases / step",
             "bare step", "trainer step", "trainer - bare", "fixed overhead (median)", "fixed overhead (mean)"]
     lines = [f"Device: {report['device']} ({report['machine'].get('gpu', report['machine']['processor'] or 'cpu')}), "
              f"torch {report['machine']['torch']}, {report['machine']['threads']} threads, load average "
@@ -293,7 +337,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['model']} | {r['num_seeds']} | {r['variant']} | skipped: {r['skipped']} |")
             continue
         ph = r.get("phases_ms", {})
-        cells = [r["model"], str(r["num_seeds"]), r["variant"], *(fmt(ph.get(p), 2) for p in PHASES),
+        cells = [r["model"], str(r["num_seeds"]), r["variant"], str(r.get("ops_per_step", "")),
+                 str(r.get("kernels_per_step", "")), str(r.get("syncs_per_step", "")), *(fmt(ph.get(p), 2) for p in PHASES),
                  fmt(r.get("phases_sum_ms"), 2), fmt(r.get("train_step_median_ms"), 2), fmt(r.get("phases_over_step"), 3),
                  fmt(r.get("bare_step_ms"), 2), fmt(r.get("trainer_step_ms"), 2),
                  fmt(r.get("overhead_ms"), 2), fmt(r.get("fixed_overhead_ms"), 2),

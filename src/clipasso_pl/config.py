@@ -345,6 +345,8 @@ SKETCH_OPTION_KEYS = {k: replace(v, doc="configs/sketch_options.yaml") for k, v 
     "tf32": Bool(null=True),
     "channels_last": Bool(),
     "compile_clip": AnyOf(Bool(), Str()),  # true (inductor) or a torch.compile backend name, checked when applied
+    "compile": Str(("none", "step")),  # step: the whole training step as one graph (module.step_terms)
+    "compile_backend": Str(null=True),  # a torch.compile backend name, checked when applied; null: inductor
     "cudnn_benchmark": Bool(),
 }.items()}
 
@@ -464,6 +466,8 @@ BENCH_VARIANTS = {
     "compile": {"compile_clip": True},
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "bf16_compile": {"precision": "bf16-mixed", "compile_clip": True},
+    "compile_step": {"compile": "step"},
+    "bf16_compile_step": {"precision": "bf16-mixed", "compile": "step"},
 }
 SCHEMA["bench"] = {
     **SCHEMA["sketch"],

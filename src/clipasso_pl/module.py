@@ -19,6 +19,30 @@ from .errors import ClipassoError
 from .strokes import Strokes, points_per_stroke
 
 
+def skip_nonfinite_step(optimizer, ok: Tensor, active: Tensor, per_seed: list[Tensor]) -> None:
+    """One fused Adam step that changes nothing when ``ok`` [] is False and never moves a stopped seed.
+
+    A fused Adam (``fused=True``) skips its update on the device when its ``found_inf`` is nonzero
+    (the mechanism AMP's grad scaler uses): no parameter, moment or step count changes, and no host
+    read. A seed with ``active[s]`` False gets a zero gradient from the masked loss; zeroing its first
+    moment too makes Adam's update for it exactly 0 (its momentum would keep moving it).
+    per_seed: the parameters whose dim 0 is the seed.
+    """
+    adam = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper holds the torch optimizer
+    if not all(group.get("fused") for group in adam.param_groups):
+        raise ValueError("skip_nonfinite_step needs a fused Adam (fused=True)")
+    with torch.no_grad():
+        for p in per_seed:
+            state = adam.state.get(p)
+            if state and "exp_avg" in state:
+                state["exp_avg"].mul_(active.view(-1, *[1] * (p.dim() - 1)))
+    adam.found_inf = (~ok).to(torch.float32).reshape(())
+    try:
+        optimizer.step()
+    finally:
+        del adam.found_inf
+
+
 class StepDataset(Dataset):
     """``steps`` dummy items: one optimisation step each (the target lives in the module)."""
 
@@ -146,6 +170,7 @@ class SketchModule(pl.LightningModule):
         lr_schedule=None,
         text_guide: nn.Module | None = None,
         text_weight: float,
+        compile_step: str | None = None,
     ):
         super().__init__()
         if strokes < 1:
@@ -170,6 +195,9 @@ class SketchModule(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.text_guide = text_guide.requires_grad_(False).eval() if text_guide is not None else None
         self.text_weight = float(text_weight)
+        # compile=step: a torch.compile backend name for step_terms (None: eager); compiled on first use.
+        self.compile_step = compile_step
+        self._compiled_step = None
         self.clip = clip.requires_grad_(False).eval()
         self.loss_fn = loss
         self.augment = augment
@@ -287,9 +315,14 @@ class SketchModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, sketches: Tensor) -> dict[str, Tensor]:
-        """Augmented CLIP loss. sketches: [S, 3, H, W] -> per-seed terms [S]."""
+        """Augmented CLIP loss. sketches: [S, 3, H, W] -> per-seed terms [S] (draws this step's views)."""
+        views = self.augment.device_params(self.augment_generators, *sketches.shape[-2:], sketches.device, sketches.dtype)
+        return self.loss_terms(sketches, views)
+
+    def loss_terms(self, sketches: Tensor, views: Tensor | None) -> dict[str, Tensor]:
+        """Per-seed terms [S] of sketches [S, 3, H, W] under the drawn ``views`` (JointAugment.device_params)."""
         with self.full_precision():
-            sketch_views, target_views = self.augment(sketches, self.target, self.augment_generators)
+            sketch_views, target_views = self.augment.apply(sketches, self.target, views)
         with torch.no_grad():
             target_feats = self.clip(target_views)
         sketch_feats = self.clip(sketch_views)
@@ -298,6 +331,37 @@ class SketchModule(pl.LightningModule):
         if self.text_guide is not None:
             terms = self.add_text_term(terms, sketch_views, int(getattr(self.augment, "num_augs", 0)))
         return terms
+
+    def step_terms(self, points: Tensor, opacities: Tensor | None, views: Tensor | None) -> dict[str, Tensor]:
+        """A training step's per-seed terms [S]: render the drawn strokes ``points`` [S, M', P, 2] (with
+        ``opacities`` [S, M'] or None), augment them with the drawn ``views`` [S * A, 12] (or None), CLIP
+        towers, loss. Device work only, no draw and no host read: ``compile=step`` compiles it as one
+        graph (its backward through AOTAutograd)."""
+        with self.full_precision():
+            sketches = self.renderer.render(self.strokes(points, opacities, points.shape[1]), self.height, self.width)
+        return self.loss_terms(sketches, views)
+
+    def step_function(self):
+        """``step_terms``, compiled once with ``fullgraph=True`` when ``compile_step`` names a backend: on
+        CUDA with inductor as CUDA graphs (``mode="reduce-overhead"``), which the sync-free step allows."""
+        if not self.compile_step:
+            return self.step_terms
+        cuda_graphs = self.device.type == "cuda" and self.compile_step == "inductor"
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(self.step_terms, backend=self.compile_step, fullgraph=True,
+                                                dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+        if cuda_graphs:  # the previous step's graph outputs (already consumed) may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled_step
+
+    def visible(self) -> tuple[Tensor, Tensor | None]:
+        """The trained points [S, M', P, 2] and opacities [S, M'] (or None) of the strokes drawn now."""
+        count = self.visible_strokes()
+        points, opacities = self.points, self.opacities
+        if count != points.shape[1]:
+            points = points[:, :count]
+            opacities = None if opacities is None else opacities[:, :count]
+        return points, opacities
 
     def add_text_term(self, terms: dict[str, Tensor], sketch_views: Tensor, num_augs: int) -> dict[str, Tensor]:
         """The CLIP text term ``text`` [S] and ``text_weight`` x it added to ``loss``.
@@ -336,7 +400,9 @@ class SketchModule(pl.LightningModule):
             self.last_eval = self.evaluate()
         else:
             self.last_eval = None
-        terms = self.compute_loss(self.render())
+        points, opacities = self.visible()
+        views = self.augment.device_params(self.augment_generators, self.height, self.width, points.device, points.dtype)
+        terms = self.step_function()(points, opacities, views)
         self.last_train = {k: v.detach() for k, v in terms.items()}
         # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.
         total = (terms["loss"] * self.active).sum()
@@ -387,22 +453,8 @@ class SketchModule(pl.LightningModule):
         self.count_nonfinite(int(self.global_step), loss_ok, ok)
         if self.num_stages > 1:
             self.freeze_earlier_stages(optimizer)
-        # Step, then put back what must not change, with device-side selects instead of host branches:
-        # a non-finite step keeps every parameter and its Adam state; a stopped seed keeps its strokes
-        # (Adam's momentum would keep moving it).
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        saved = [(p, p.detach().clone(), {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
-                                          if isinstance(v, Tensor)}) for p in params]
-        optimizer.step()
+        skip_nonfinite_step(optimizer, ok, self.active, [p for p in (self.points, self.opacities) if p is not None])
         with torch.no_grad():
-            for p, before, state in saved:
-                per_seed = p is self.points or p is self.opacities
-                keep = (ok & self.active).view(-1, *[1] * (p.dim() - 1)) if per_seed else ok
-                p.copy_(torch.where(keep, p, before))
-                for k, v in optimizer.state[p].items():
-                    if isinstance(v, Tensor):
-                        old = state[k] if k in state else torch.zeros_like(v)
-                        v.copy_(torch.where(ok.to(v.device), v, old))
             if self.opacities is not None:  # the official code clamps the stroke colour before every render
                 self.opacities.clamp_(0.0, 1.0)
                 if self.color_vars_threshold > 0:
@@ -417,7 +469,7 @@ class SketchModule(pl.LightningModule):
             getattr(optimizer, "optimizer", optimizer).state.clear()
         for p in (self.points, self.opacities):
             if p is not None and p.grad is not None:
-                p.grad[:, :first] = 0  # with a fresh Adam, a zero gradient moves nothing
+                p.grad[:, :first].zero_()  # with a fresh Adam, a zero gradient moves nothing (zero_: no Python scalar copied in)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         step = int(self.global_step) - 1  # the step just taken
@@ -429,8 +481,8 @@ class SketchModule(pl.LightningModule):
         capturable = adam_capturable(self.device)
         if self.opacities is not None:  # one Adam, two groups: the same updates as the official two Adams
             groups = [{"params": [self.points]}, {"params": [self.opacities], "lr": self.color_lr}]
-            return torch.optim.Adam(groups, lr=self.lr, capturable=capturable)
-        return torch.optim.Adam([self.points], lr=self.lr, capturable=capturable)
+            return torch.optim.Adam(groups, lr=self.lr, capturable=capturable, fused=True)
+        return torch.optim.Adam([self.points], lr=self.lr, capturable=capturable, fused=True)
 
     def on_train_start(self) -> None:
         self.clip.eval()

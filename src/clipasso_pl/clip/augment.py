@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..accel import host_to_device
+from ..accel import host_side, host_to_device
 from ..choices import AUGMENTATIONS
 
 
@@ -81,22 +81,20 @@ def view_grid(coeffs: Tensor, crops: Tensor, size: int, height: int, width: int)
 
     coeffs: [V, 8] homographies (output pixel centre -> input pixel centre convention of torchvision:
             input_index = H(output_index + 0.5) - 0.5); crops: [V, 4] (top, left, h, w) in the warped image.
+    Built on the device and in the dtype of ``coeffs``, from these 12 numbers per view alone.
     """
     V = coeffs.shape[0]
     c = coeffs
-    top, left, ch, cw = (crops[:, k].double().view(V, 1, 1) for k in range(4))
-    u = torch.arange(size, dtype=torch.float64).view(1, 1, size)
-    v = torch.arange(size, dtype=torch.float64).view(1, size, 1)
-    # Bilinear resize of the crop (align_corners=False): output u -> crop coordinate.
-    x = left + (u + 0.5) * cw / size - 0.5 + 0.5  # pixel-centre coordinate in the warped image
-    y = top + (v + 0.5) * ch / size - 0.5 + 0.5
-    x, y = x.expand(V, size, size), y.expand(V, size, size)
+    top, left, ch, cw = (crops[:, k].view(V, 1, 1) for k in range(4))
+    steps = (torch.arange(size, dtype=c.dtype, device=c.device) + 0.5) / size  # output pixel centres in [0, 1]
+    # Bilinear resize of the crop (align_corners=False): output u -> pixel-centre coordinate in the warped image.
+    x = left + steps.view(1, 1, size) * cw  # [V, 1, size]
+    y = top + steps.view(1, size, 1) * ch  # [V, size, 1]
     a, b, cc, d, e, f, g, h = (c[:, k].view(V, 1, 1) for k in range(8))
-    den = g * x + h * y + 1.0
+    den = g * x + h * y + 1.0  # [V, size, size]
     sx = (a * x + b * y + cc) / den  # = input index + 0.5
     sy = (d * x + e * y + f) / den
-    grid = torch.stack([sx / (0.5 * width) - 1.0, sy / (0.5 * height) - 1.0], dim=-1)
-    return grid
+    return torch.stack([sx * (2.0 / width) - 1.0, sy * (2.0 / height) - 1.0], dim=-1)
 
 
 class JointAugment(nn.Module):
@@ -149,15 +147,38 @@ class JointAugment(nn.Module):
         V = len(starts)
         return as_t(starts, (V, 4, 2)), as_t(ends, (V, 4, 2)), as_t(crops, (V, 4))
 
+    def draw_params(self, generators: list[torch.Generator], height: int, width: int) -> Tensor:
+        """[V, 12] float64 on the host, seed-major: each view's homography (8) then its crop (4).
+
+        Drawn from the seeds' CPU generators and solved on the host (host work, not a device sync):
+        only these numbers cross to the device.
+        """
+        with host_side():
+            starts, ends, crops = self.draw(generators, height, width)
+            return torch.cat([perspective_coeffs(starts, ends), crops], dim=1)
+
     def plain(self, images: Tensor) -> Tensor:
         if tuple(images.shape[-2:]) == (self.size, self.size):
             return images
         return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
 
+    def device_params(self, generators: list[torch.Generator], height: int, width: int, device: torch.device,
+                      dtype: torch.dtype) -> Tensor | None:
+        """This step's draws [V, 12] on ``device`` (one copy, see :meth:`draw_params`), or None when the
+        views need none (``num_augs`` = 0 or ``augmentations=none``)."""
+        if self.num_augs == 0 or self.augmentations == "none":
+            return None
+        return host_to_device(self.draw_params(generators, height, width), device, dtype)
+
     def forward(self, sketch: Tensor, target: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor]:
         S, C, H, W = sketch.shape
         if len(generators) != S:
             raise ValueError(f"JointAugment: {S} sketches but {len(generators)} generators")
+        return self.apply(sketch, target, self.device_params(generators, H, W, sketch.device, sketch.dtype))
+
+    def apply(self, sketch: Tensor, target: Tensor, params: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The views of drawn ``params`` [S * A, 12] (:meth:`device_params`): device work only, no draws."""
+        S, C, H, W = sketch.shape
         if target.shape[0] not in (1, S):
             raise ValueError(f"JointAugment: target batch {target.shape[0]} must be 1 or {S}")
         target = target.to(sketch.dtype).expand(S, -1, -1, -1)
@@ -167,18 +188,17 @@ class JointAugment(nn.Module):
             return plain_s, plain_t
         if self.augmentations == "none":
             return plain_s.repeat_interleave(1 + A, dim=0), plain_t.repeat_interleave(1 + A, dim=0)
-        starts, ends, crops = self.draw(generators, H, W)
-        grid = view_grid(perspective_coeffs(starts, ends), crops, self.size, H, W)  # [S*A, size, size, 2]
-        grid = host_to_device(grid, sketch.device, sketch.dtype)  # drawn on the CPU, moved once, no sync
-        # Target views never need a gradient (the loss detaches them): detaching here keeps the
-        # target out of the sketch's graph while both still go through one grid_sample.
-        src = torch.cat([sketch, target.detach()]).repeat_interleave(A, dim=0)  # [2*S*A, C, H, W]
-        views = F.grid_sample(src, torch.cat([grid, grid]), mode="bilinear", padding_mode="zeros", align_corners=False)
-        aug_s, aug_t = views.split(S * A)
-        aug_t = aug_t.detach()  # its rows came from the detached target: no graph to keep
+        grid = view_grid(params[:, :8], params[:, 8:], self.size, H, W).view(S, A * self.size, self.size, 2)
+        # One grid_sample for every view of both images: the A grids of a seed stacked along the output
+        # rows and the (sketch, target) pair stacked along the channels, so neither the images nor the
+        # grids are repeated. Target views never need a gradient (the loss detaches them): detaching
+        # here keeps the target out of the sketch's graph.
+        src = torch.cat([sketch, target.detach()], dim=1)  # [S, 2C, H, W]
+        views = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        views = views.view(S, 2 * C, A, self.size, self.size).transpose(1, 2)  # [S, A, 2C, size, size]
 
         def interleave(plain: Tensor, aug: Tensor) -> Tensor:
-            both = torch.cat([plain[:, None], aug.view(S, A, C, self.size, self.size)], dim=1)
+            both = torch.cat([plain[:, None], aug], dim=1)  # [S, 1 + A, C, size, size]
             return both.reshape(S * (1 + A), C, self.size, self.size)
 
-        return interleave(plain_s, aug_s), interleave(plain_t, aug_t)
+        return interleave(plain_s, views[:, :, :C]), interleave(plain_t, views[:, :, C:].detach())

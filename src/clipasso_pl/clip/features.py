@@ -29,20 +29,38 @@ def image_size(model: nn.Module) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def normalize(images: Tensor) -> Tensor:
-    """images: [B, 3, H, W] in [0, 1] -> CLIP-normalised."""
-    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
+def register_normalization(module: nn.Module, device: torch.device | str = "cpu") -> None:
+    """Give ``module`` the CLIP normalisation constants as buffers ``clip_mean`` / ``clip_std`` [1, 3, 1, 1].
+
+    Buffers move with the module, so a training step makes no tensor from Python data (on a GPU a
+    blocking copy); non-persistent, so checkpoints are unchanged.
+    """
+    for name, values in (("clip_mean", CLIP_MEAN), ("clip_std", CLIP_STD)):
+        module.register_buffer(name, torch.tensor(values, device=device).view(1, 3, 1, 1), persistent=False)
 
 
-def prepare(model: nn.Module, images: Tensor) -> Tensor:
-    """Resize to the tower's input size when needed (positional embeddings fix it), then normalise."""
+def normalize(images: Tensor, mean: Tensor | None = None, std: Tensor | None = None) -> Tensor:
+    """images: [B, 3, H, W] in [0, 1] -> CLIP-normalised; mean / std [1, 3, 1, 1] (default: built here,
+    for one-off use outside a training step)."""
+    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1) if mean is None else mean
+    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1) if std is None else std
+    return (images - mean.to(images)) / std.to(images)
+
+
+def prepare(model: nn.Module, images: Tensor, norm: nn.Module | None = None) -> Tensor:
+    """Resize to the tower's input size when needed (positional embeddings fix it), then normalise
+    (with ``norm``'s buffers from :func:`register_normalization`, when given)."""
     size = image_size(model)
     if tuple(images.shape[-2:]) != size:
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
     dtype = next(model.parameters()).dtype
-    return normalize(images).to(dtype)
+    if norm is None:
+        return normalize(images).to(dtype)
+    return normalize(images, norm.clip_mean, norm.clip_std).to(dtype)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def vit_blocks(visual: nn.Module, x: Tensor):
@@ -97,6 +115,7 @@ class ClipFeatures(nn.Module):
             self.layer_names = list(RESNET_LAYERS)
         self.channels_last = False
         self._features = self._eager_features
+        register_normalization(self, model_device(self.model))
 
     def speed(self, channels_last: bool = False, compile: bool | str = False) -> "ClipFeatures":
         """Speed switches, numerically equivalent to float tolerance.
@@ -126,7 +145,7 @@ class ClipFeatures(nn.Module):
         return self
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        x = prepare(self.model, images)
+        x = prepare(self.model, images, self)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return {k: v.float() for k, v in self._features(x).items()}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .features import prepare
+from .features import model_device, prepare, register_normalization
 from .models import load_clip_model
 
 
@@ -32,6 +32,7 @@ class ClipTextGuide(nn.Module):
         tokens = open_clip.get_tokenizer(model)([self.text])
         with torch.no_grad():
             self.register_buffer("text_embedding", self.model.encode_text(tokens).float())  # [1, E]
+        register_normalization(self, model_device(self.model))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -39,7 +40,7 @@ class ClipTextGuide(nn.Module):
         return self
 
     def forward(self, images: Tensor) -> Tensor:
-        embedding = self.model.encode_image(prepare(self.model, images)).float()  # [B, E]
+        embedding = self.model.encode_image(prepare(self.model, images, self)).float()  # [B, E]
         return 1.0 - F.cosine_similarity(embedding, self.text_embedding.to(embedding), dim=1)
 
     def extra_repr(self) -> str:

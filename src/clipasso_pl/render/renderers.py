@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ..errors import ClipassoError
 from ..strokes import Strokes
-from .core import render_strokes
+from .capacity import Budget, Capacity
+from .core import rasterize
 
 DIFFVG_MISSING = (
     "renderer=diffvg needs pydiffvg, which is not importable: build and install it from "
@@ -34,12 +35,53 @@ class TorchRenderer:
 
     A stroke of K segments (quadratics and lines raised to cubics) is drawn as diffvg draws
     a path: once, over the union of its segments' bands.
+
+    Two sizings (see :mod:`.capacity`):
+    - a render that autograd tracks (a training step) is *static*: its buffers are sized by
+      ``budget`` for the number of strokes, it reads nothing on the host (no CUDA sync) and
+      compiles as one graph. What it needed is kept on the device (``peak``, per stroke);
+      if it needed more than its sizes, its image is NaN (the step is skipped as non-finite)
+      and ``overflows`` (a 0-d device tensor: read it on eval steps only) counts it;
+    - any other render (eval, snapshots, outputs: under ``no_grad``) is sized exactly from
+      the strokes (a few host reads) and then refits ``budget`` to the largest needs seen
+      since the last refit, with headroom: so the eval steps keep the training steps' sizes
+      current, and an overflow is followed by larger sizes from the next eval step on.
     """
+
+    def __init__(self, budget: Budget | None = None) -> None:
+        self.budget = budget if budget is not None else Budget()
+        self.peak: Tensor | None = None  # [6] float: per-stroke needs (windows: pixels), max since the last refit
+        self.overflows: Tensor | None = None  # 0-d long: static renders that overflowed (NaN)
+
+    def capacity(self, num_strokes: int, segments: int = 1) -> Capacity:
+        """The static sizes for ``num_strokes`` one-cubic strokes (S x N x segments)."""
+        return self.budget.capacity(num_strokes, segments)
 
     def render(self, strokes: Strokes, height: int, width: int) -> Tensor:
         segments = strokes.num_segments
         strokes = strokes.cubics()
-        return render_strokes(strokes.points, strokes.half_widths, strokes.opacities, height, width, segments)
+        args = (strokes.points, strokes.half_widths, strokes.opacities)
+        num = strokes.num_sketches * strokes.num_strokes
+        tracked = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+        capacity = self.capacity(num, segments) if tracked and num > 0 else None
+        rgb, needs, over = rasterize(*args, height, width, segments, capacity)
+        per_stroke = torch.cat((needs[:4] / max(num, 1), needs[4:])).detach()
+        if capacity is not None:
+            self.peak = per_stroke if self.peak is None else torch.maximum(self.peak, per_stroke)
+            self.overflows = over.long() if self.overflows is None else self.overflows + over
+        elif num > 0:
+            self.refit(per_stroke)
+        return rgb
+
+    def refit(self, per_stroke: Tensor | None = None) -> Budget:
+        """Refit ``budget`` to the peak needs of the static renders since the last refit and
+        ``per_stroke`` (needs of an exact render, same layout as ``peak``). Reads the device."""
+        needs = [t for t in (self.peak, per_stroke) if t is not None]
+        if needs:
+            top = torch.stack([t.to(needs[0].device) for t in needs]).amax(0).tolist()
+            self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])))
+            self.peak = None
+        return self.budget
 
     def __repr__(self) -> str:
         return "TorchRenderer()"

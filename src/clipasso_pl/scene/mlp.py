@@ -16,12 +16,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..accel import host_to_device
+from ..accel import host_side, host_to_device
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
                          nn.Linear(hidden, outputs))
+
+
+def batched_mlp(nets: list[nn.Sequential], x: Tensor) -> Tensor:
+    """S networks of :func:`_mlp`'s layout, each on its own row, as one batched forward.
+
+    nets: S Sequentials of Linear / SELU with equal shapes; x: [S, in] -> [S, out]. The weights are
+    stacked in the graph (gradients reach each network's own parameters), so one matmul per layer
+    runs for all seeds instead of one per seed.
+    """
+    x = x[:, None]  # [S, 1, in]
+    for layers in zip(*nets):
+        if isinstance(layers[0], nn.Linear):
+            weight = torch.stack([layer.weight for layer in layers])  # [S, out, in]
+            bias = torch.stack([layer.bias for layer in layers])[:, None]  # [S, 1, out]
+            x = torch.baddbmm(bias, x, weight.transpose(1, 2))
+        else:
+            x = layers[0](x)
+    return x[:, 0]
 
 
 def to_unit(points: Tensor, side: Tensor | float) -> Tensor:
@@ -52,6 +70,11 @@ class LocationMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x + self.offset_scale * self.net(x)
 
+    @staticmethod
+    def batched(mlps, x: Tensor) -> Tensor:
+        """Every seed's MLP on its own row in one forward: mlps: S LocationMLPs, x: [S, N * 8] -> [S, N * 8]."""
+        return x + mlps[0].offset_scale * batched_mlp([m.net for m in mlps], x)
+
 
 def xavier_init(module: nn.Module, bias: float = 0.01) -> None:
     """Xavier-uniform weights and a constant bias on every Linear layer (the official width-MLP init)."""
@@ -79,6 +102,11 @@ class WidthMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.net(x))
 
+    @staticmethod
+    def batched(mlps, x: Tensor) -> Tensor:
+        """Every seed's MLP in one forward: mlps: S WidthMLPs, x: [N] or [S, N] -> [S, N]."""
+        return torch.sigmoid(batched_mlp([m.net for m in mlps], x.expand(len(mlps), -1)))
+
 
 def _two_class_logits(q: Tensor, eps: float = 1e-6) -> Tensor:
     """[..., N] probabilities -> [..., N, 2] log-probabilities of (keep, drop)."""
@@ -86,13 +114,21 @@ def _two_class_logits(q: Tensor, eps: float = 1e-6) -> Tensor:
     return torch.stack([q.log(), (1 - q).log()], dim=-1)
 
 
+def gumbel_uniforms(shape: tuple[int, ...], generators: list[torch.Generator], device, dtype) -> Tensor:
+    """[S, *shape, 2] uniforms for :func:`keep_probabilities`, drawn on the host from each seed's
+    generator (the same numbers as one draw per seed) and moved to ``device`` in one copy."""
+    with host_side():
+        u = torch.stack([torch.rand((*shape, 2), generator=g, dtype=torch.float32) for g in generators])
+    return host_to_device(u, device, dtype)
+
+
 def keep_probabilities(q: Tensor, temperature: float = 0.2, generator: torch.Generator | None = None,
-                       noise: bool = True) -> Tensor:
+                       noise: bool = True, uniforms: Tensor | None = None) -> Tensor:
     """Gumbel-softmax relaxation of 'keep stroke i' with probability q_i: p [..., N] in [0, 1].
 
     With ``noise`` the Gumbel draws come from ``generator`` (CPU), so each seed has its own
-    stream; without it the result is the noiseless tempered probability
-    q^(1/t) / (q^(1/t) + (1 - q)^(1/t)). Differentiable in q either way.
+    stream (or are the given ``uniforms`` [..., N, 2], see :func:`gumbel_uniforms`); without it the
+    result is the noiseless tempered probability q^(1/t) / (q^(1/t) + (1 - q)^(1/t)). Differentiable in q either way.
     """
     # At least float32, even under a bf16/fp16 autocast: in bfloat16, 1 - 1e-7 and 1 - 1e-6 round to 1,
     # and a q or a uniform of 1 makes a log -inf (a non-finite step).
@@ -100,8 +136,12 @@ def keep_probabilities(q: Tensor, temperature: float = 0.2, generator: torch.Gen
     with torch.autocast(q.device.type, enabled=False):
         logits = _two_class_logits(q.to(dtype))
         if noise:
-            u = host_to_device(torch.rand(logits.shape, generator=generator, dtype=torch.float32), q.device, dtype)
-            logits = logits - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
+            u = uniforms
+            if u is None:
+                with host_side():
+                    u = torch.rand(logits.shape, generator=generator, dtype=torch.float32)
+            u = host_to_device(u, q.device, dtype)
+            logits = logits - torch.log(-torch.log(u.to(dtype).clamp(1e-10, 1 - 1e-7)))
         return F.softmax(logits / temperature, dim=-1)[..., 0]
 
 

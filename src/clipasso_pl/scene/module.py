@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from ..strokes import Strokes
 from .losses import SceneClipLoss, gradnorm_weights, inside_canvas, ratio_loss, sparsity_loss
-from .mlp import LocationMLP, WidthMLP, from_unit, keep_probabilities, seeded, to_unit
+from ..module import skip_nonfinite_step
+from .mlp import LocationMLP, WidthMLP, from_unit, gumbel_uniforms, keep_probabilities, seeded, to_unit
 
 
 @dataclass
@@ -182,6 +183,7 @@ class SceneSketchModule(pl.LightningModule):
         self.last_eval: SceneRecord | None = None
         self._target_feats: dict[str, Tensor] | None = None
         self._optimizer = None
+        self.step_finite: Tensor | None = None  # [] bool: this step's total loss is finite
         self.strict_loading = False
 
     @staticmethod
@@ -198,8 +200,8 @@ class SceneSketchModule(pl.LightningModule):
 
     # ------------------------------------------------------------- strokes
     def current_points(self) -> Tensor:
-        """Control points [S, N, 4, 2] pixels (differentiable in the location MLPs)."""
-        out = torch.stack([mlp(x) for mlp, x in zip(self.locations, self.initial)])
+        """Control points [S, N, 4, 2] pixels (differentiable in the location MLPs): one batched forward."""
+        out = LocationMLP.batched(self.locations, self.initial)
         return from_unit(out.view(len(self.seeds), self.num_strokes, 4, 2), self.side)
 
     @property
@@ -213,8 +215,9 @@ class SceneSketchModule(pl.LightningModule):
         Off-canvas strokes (at the start of the level) and dropped ones (nested) are 0."""
         if not self.simplify:
             return self.keep_mask.float().expand(len(self.seeds), -1)
-        q = torch.stack([mlp(self.width_input) for mlp in self.widths])
-        p = torch.stack([keep_probabilities(qi, self.temperature, g, noise) for qi, g in zip(q, self.generators)])
+        q = WidthMLP.batched(self.widths, self.width_input)  # [S, N]
+        u = gumbel_uniforms(tuple(q.shape[1:]), self.generators, q.device, q.dtype) if noise else None
+        p = keep_probabilities(q, self.temperature, noise=noise, uniforms=u)
         return p * self.keep_mask * self.inside
 
     def strokes(self, points: Tensor | None = None, keep: Tensor | None = None) -> Strokes:
@@ -353,10 +356,19 @@ class SceneSketchModule(pl.LightningModule):
         # Evaluated on this step's sketch with this step's weights, as the official loop does.
         self.last_eval = self.evaluate(step, points.detach(), keep.detach()) if self.eval_due(step) else None
         total = terms["loss"].sum()  # summed: seed k's gradient does not depend on the other seeds
-        if not torch.isfinite(total):
-            return None
+        # A non-finite step is skipped in optimizer_step on the device (no host read of ``total``).
+        self.step_finite = torch.isfinite(total)
         # train/* and eval/* (and the progress bar's eval loss) are logged by LayerLossLogger.
         return total
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        optimizer_closure()  # training_step + backward
+        ok = self.step_finite
+        for p in self.parameters():
+            if p.grad is not None:
+                ok = ok & torch.isfinite(p.grad).all()
+        # No parameter and no Adam state changes on a non-finite step, as when the step was skipped.
+        skip_nonfinite_step(optimizer, ok, ok.new_ones(len(self.seeds)), [])
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # The weights (and Adam state) after this step's update go with its evaluation.
@@ -371,7 +383,7 @@ class SceneSketchModule(pl.LightningModule):
         groups = [{"params": [p for m in self.locations for p in m.parameters()], "lr": self.lr}]
         if self.widths is not None:
             groups.append({"params": [p for m in self.widths for p in m.parameters()], "lr": self.width_lr})
-        self._optimizer = torch.optim.Adam(groups)
+        self._optimizer = torch.optim.Adam(groups, fused=True)  # fused: skips a non-finite step on the device
         if self.optimizer_state is not None:
             # The previous level's chosen seed's Adam state, for every seed (the official carry-over).
             for i in range(len(self.seeds)):
@@ -380,9 +392,9 @@ class SceneSketchModule(pl.LightningModule):
                     raise ValueError(f"optimizer_state has {len(self.optimizer_state)} entries, seed {i} has "
                                      f"{len(params)} parameters")
                 for p, state in zip(params, self.optimizer_state):
-                    self._optimizer.state[p] = {k: (v.clone().to(p.device) if torch.is_tensor(v) and k != "step"
-                                                    else (v.clone() if torch.is_tensor(v) else v))
-                                                for k, v in state.items()}
+                    # A fused Adam keeps its step count as a float32 tensor on the parameter's device.
+                    self._optimizer.state[p] = {k: (v.clone().to(p.device, torch.float32 if k == "step" else v.dtype)
+                                                    if torch.is_tensor(v) else v) for k, v in state.items()}
         return self._optimizer
 
     def on_train_start(self) -> None:
