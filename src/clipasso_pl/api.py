@@ -220,11 +220,12 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
 
 
-def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
+def run_sketch(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> SketchResult:
     """Sketch ``cfg.target`` into ``run_dir``; returns the paths of the best sketch and the summary.
 
     With ``cfg.resume`` set to an earlier run directory, that run continues from its
-    last checkpoint, in its own directory, with its saved config.
+    last checkpoint, in its own directory, with its saved config. ``callbacks``: extra
+    Lightning callbacks after the configured ones (the web app's watcher).
     """
     from .callbacks import BestSketch
     from .module import step_loader
@@ -247,7 +248,8 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
         save_png(run_dir / "input.png", target)
         if loaded.mask is not None:
             save_png(run_dir / "mask.png", loaded.mask.float())
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    extra = list(callbacks or [])
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + extra
     trainer = build_trainer(cfg, run_dir, callbacks)
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
