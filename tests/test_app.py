@@ -9,29 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STEPS = 16  # the app's smoke runs: evals every 2 steps, so the preview changes several times
 
 try:
     import gradio  # noqa: F401
-    from playwright.sync_api import sync_playwright
+    import playwright  # noqa: F401
 except ImportError as e:  # the [app] extra is not installed
     pytest.skip(f"the app's browser tests need gradio and playwright ({e}): make app-install", allow_module_level=True)
+
+from clipasso_pl.app.browser import (CHROMIUM, app_server, chromium, folder_in, http_status, image_src, open_page,  # noqa: E402
+                                     start_sketch, text, upload, wait_text, watch_sketch)
+
 if not Path(CHROMIUM).is_file():
     pytest.skip("the app's browser tests need Chromium: apt-get install chromium", allow_module_level=True)
 
@@ -39,69 +33,25 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SHOTS = os.environ.get("CLIPASSO_PL_APP_SCREENSHOTS")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(url, runs folder) of `clipasso-pl app preset=smoke ...` on a free port."""
     runs = tmp_path_factory.mktemp("app") / "runs"
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    log = open(runs.parent / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "clipasso_pl.cli", "app", "preset=smoke", "logger=csv",
-                             f"steps={STEPS}", "eval_interval=2", "save_interval=2", "--port", str(port),
-                             "--runs", str(runs)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert proc.poll() is None, f"the app exited: {(runs.parent / 'server.log').read_text()[-2000:]}"
-            try:
-                if http_status(url) == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the app did not serve its page within 180 s"
-            time.sleep(0.5)
+    with app_server(runs, ["preset=smoke", "logger=csv", f"steps={STEPS}", "eval_interval=2", "save_interval=2"]) as url:
         yield url, runs
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1300, "height": 1400}, accept_downloads=True)
-    pg = context.new_page()
-    pg.goto(server[0])
-    pg.wait_for_selector("#sketch-start", timeout=60_000)
+    pg = open_page(browser, server[0])
     yield pg
-    context.close()
+    pg.context.close()
 
 
 @pytest.fixture(scope="module")
@@ -123,42 +73,8 @@ def images(tmp_path_factory):
     return d
 
 
-def text(page, selector: str) -> str:
-    return page.inner_text(selector).strip()
-
-
-def wait_text(page, selector: str, words: tuple[str, ...], timeout_s: float) -> str:
-    """Wait until ``selector``'s text holds one of ``words``; returns the text."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        t = text(page, selector)
-        if any(w in t for w in words):
-            return t
-        time.sleep(0.2)
-    raise AssertionError(f"{selector} never showed any of {words} within {timeout_s} s; it shows {text(page, selector)!r}")
-
-
-def image_src(page, selector: str) -> str | None:
-    srcs = page.eval_on_selector_all(f"{selector} img", "els => els.map(e => e.src)")
-    return srcs[0] if srcs else None
-
-
-def upload(page, selector: str, path: Path) -> None:
-    page.set_input_files(f"{selector} input[type=file]", str(path))
-
-
-def start_sketch(page, photo: Path, steps: int | None = None) -> None:
-    upload(page, "#sketch-photo", photo)
-    wait_text(page, "#sketch-upload-status", (": ready", "error"), 60)
-    if steps is not None:
-        page.fill("#sketch-steps input", str(steps))
-    page.click("#sketch-start")
-
-
 def run_dir_of(page) -> Path:
-    status = text(page, "#sketch-status")
-    return Path(status.split("run folder: ", 1)[1].split()[0]) if "run folder: " in status else \
-        Path(status.split("running in ", 1)[1].split()[0])
+    return folder_in(text(page, "#sketch-status"))
 
 
 def shot(page, name: str) -> None:
@@ -170,19 +86,7 @@ def shot(page, name: str) -> None:
 def test_sketch_run_previews_and_svg_download(page, server):
     from clipasso_pl.strokes import read_strokes
 
-    start_sketch(page, IMAGES["cat"])
-    clicked = time.monotonic()
-    seen: list[str] = []
-    first = None
-    deadline = clicked + 240
-    while time.monotonic() < deadline:
-        src = image_src(page, "#sketch-preview")
-        if src and (not seen or src != seen[-1]):
-            seen.append(src)
-            first = first or time.monotonic() - clicked
-        if "finished" in text(page, "#sketch-status") or "error" in text(page, "#sketch-status"):
-            break
-        time.sleep(0.1)
+    first, seen = watch_sketch(page, start_sketch(page, IMAGES["cat"]), timeout_s=240)
     status = text(page, "#sketch-status")
     assert "sketch finished" in status, status
     print(f"\nclick Start -> first preview: {first:.2f} s; previews seen: {len(seen)}")
@@ -238,9 +142,7 @@ def test_stop_ends_the_run_and_keeps_best(page):
 def test_two_jobs_at_once_run_one_after_the_other(browser, server):
     pages = []
     for _ in range(2):
-        pg = browser.new_context(viewport={"width": 1300, "height": 1400}).new_page()
-        pg.goto(server[0])
-        pg.wait_for_selector("#sketch-start", timeout=60_000)
+        pg = open_page(browser, server[0])
         upload(pg, "#sketch-photo", IMAGES["cat"])
         wait_text(pg, "#sketch-upload-status", (": ready",), 60)
         pages.append(pg)
@@ -270,7 +172,7 @@ def test_abstraction_row(page):
     page.click("#abs-start")
     status = wait_text(page, "#abs-status", ("finished", "error"), 400)
     assert "abstraction finished" in status, status
-    job = Path(status.split("run folder: ", 1)[1].split()[0])
+    job = folder_in(status)
     for n in (4, 8, 16, 32):
         assert (job / f"strokes{n}" / "best.svg").is_file()
         summary = json.loads((job / f"strokes{n}" / "summary.json").read_text())
@@ -296,7 +198,7 @@ def test_scene_tab_fills_its_matrix(page):
         time.sleep(0.2)
     status = text(page, "#scene-status")
     assert "scene matrix finished" in status, status
-    root = Path(status.split("run folder: ", 1)[1].split()[0])
+    root = folder_in(status)
     summary = json.loads((root / "summary.json").read_text())
     assert summary["complete"] and summary["cells_done"] == 4
     assert "cells 4 / 4" in text(page, "#scene-progress")

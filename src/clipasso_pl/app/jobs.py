@@ -19,6 +19,8 @@ from .watch import RunStopped, RunWatcher
 
 log = logging.getLogger("clipasso_pl.app")
 
+POLL_S = 0.2  # how often a job's page (its generator) looks at the job's watcher
+
 # The CLI's hints that name a command-line key, as the page words them.
 PAGE_WORDING = {"pass target=<path to a PNG or JPEG photo>": "upload a PNG or JPEG photo",
                 "pass photo=<path to a PNG or JPEG photo>": "upload a PNG or JPEG photo"}
@@ -52,7 +54,8 @@ class Job:
         self.watcher = self.new_watcher()
         self.result: Any = None
         self.error: str | None = None
-        self.hide: dict[str, str] = {}
+        self.hide: dict[str, str] = {}  # server path -> the name the page shows
+        self.current: int | None = None  # the abstraction job's stroke count running now
         self._work = work
         self.thread = threading.Thread(target=self._run, name="clipasso-app-job", daemon=True)
 

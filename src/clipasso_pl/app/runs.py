@@ -212,8 +212,9 @@ def abstraction_work(settings: AppSettings, form: SketchForm, job_dir: Path, cou
             form.strokes = n
             overrides, values = form.overrides(settings)
             cfg = settings.compose("sketch", overrides, target=photo, mask=mask, **values)
+            watcher = job.new_watcher()
             job.current = n
-            results[n] = run_sketch(cfg, job_dir / f"strokes{n}", callbacks=[job.new_watcher()])
+            results[n] = run_sketch(cfg, job_dir / f"strokes{n}", callbacks=[watcher])
         return results
 
     return work
@@ -234,7 +235,6 @@ def scene_work(settings: AppSettings, photo: str | None, mask: str | None, root:
         kept, kept_mask = keep_upload(photo, root / "uploads", "photo"), keep_upload(mask, root / "uploads", "mask")
         hide_uploads(job, photo, mask, kept, kept_mask)
         cfg = settings.compose("scene", settings.scene_overrides, target=kept, mask=kept_mask)
-        job.scene_cfg = cfg
         return run_scene(cfg, root, callbacks=[job.watcher])
 
     return work

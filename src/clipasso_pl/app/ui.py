@@ -15,10 +15,9 @@ from PIL import Image
 from ..images import to_uint8
 from ..scene.matrix import cell_dir, matrix_picture
 from . import runs, views
-from .jobs import Job, Registry, one_line, zip_folder
+from .jobs import POLL_S, Job, Registry, one_line, zip_folder
 from .runs import AppSettings, SketchForm
 
-POLL_S = 0.2  # how often a job's generator looks at its watcher
 DEVICE = "device"  # the concurrency group of every job
 
 
@@ -96,7 +95,8 @@ def build(settings: AppSettings) -> gr.Blocks:
         if best is not None:
             final.update({s_preview: best, s_seeds_img: row, s_curve: views.loss_frame(p)})
         if (run_dir / "best.svg").is_file():
-            final.update({s_svg: views.inline_svg(run_dir / "best.svg"), s_files: sketch_downloads(run_dir)})
+            final.update({s_svg: views.inline_svg(run_dir / "best.svg", views.best_caption(run_dir)),
+                          s_files: sketch_downloads(run_dir)})
         yield final
 
     # ----------------------------------------------------------- abstraction
@@ -105,13 +105,12 @@ def build(settings: AppSettings) -> gr.Blocks:
         form = SketchForm(photo, None, False, "app default", 16, seeds, steps, d["clip_model"], d["clip_weights"])
         job_dir = runs.fresh_dir(settings, "abstraction")
         job = start_job(request, runs.abstraction_work(settings, form, job_dir))
-        job.current = None
         yield {a_status: views.line(f"running in {job_dir}"), a_files: None}
         seen, shown = None, 0.0
         while job.alive():
             time.sleep(POLL_S)
             p = job.watcher.snapshot()
-            key = (getattr(job, "current", None), p.version)
+            key = (job.current, p.version)
             if key != seen or time.monotonic() - shown > 1.0:
                 seen, shown = key, time.monotonic()
                 yield {a_row: abstraction_row(job_dir, job, p),
@@ -119,7 +118,9 @@ def build(settings: AppSettings) -> gr.Blocks:
         registry.drop(request.session_hash, job)
         status, _ = finished_line(job, job_dir, "abstraction")
         files = [str(zip_folder(job_dir, job_dir.parent / f"{job_dir.name}.zip"))] if job_dir.is_dir() else None
-        yield {a_status: status, a_row: abstraction_row(job_dir, job, None), a_files: files}
+        done = [n for n in runs.ABSTRACTION_STROKES if (job_dir / f"strokes{n}" / "summary.json").is_file()]
+        yield {a_status: status, a_row: abstraction_row(job_dir, job, None), a_files: files,
+               a_progress: views.line(f"runs finished: {', '.join(map(str, done)) or 'none'} strokes")}
 
     def abstraction_row(job_dir: Path, job: Job, live) -> Image.Image:
         tiles, captions = [], []
@@ -213,7 +214,7 @@ def build(settings: AppSettings) -> gr.Blocks:
             with gr.Row():
                 s_preview = gr.Image(label="Best seed (live)", type="pil", format="png", interactive=False,
                                      height=260, elem_id="sketch-preview")
-                s_curve = gr.LinePlot(views.loss_frame(views.Progress()), x="step", y="eval loss", color="seed",
+                s_curve = gr.LinePlot(None, x="step", y="eval loss", color="seed",
                                       label="Eval loss", elem_id="sketch-curve", height=260)
             s_seeds_img = gr.Image(label="All seeds (red: best)", type="pil", format="png", interactive=False,
                                    elem_id="sketch-seed-row", height=200)

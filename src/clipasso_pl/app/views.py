@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def side_by_side(tiles: list[Image.Image], captions: list[str], highlight: int |
     x = GAP
     for i, (tile, caption) in enumerate(zip(tiles, captions)):
         picture.paste(tile.convert("RGB"), (x, GAP))
-        if i == highlight:
-            draw.rectangle((x - 2, GAP - 2, x + tile.width + 1, GAP + tile.height + 1), outline=(220, 40, 40), width=2)
+        frame = (220, 40, 40) if i == highlight else (210, 210, 210)
+        draw.rectangle((x - 2, GAP - 2, x + tile.width + 1, GAP + tile.height + 1), outline=frame, width=2)
         draw.text((x, GAP + h + 2), caption, fill=(0, 0, 0))
         x += tile.width + GAP
     return picture
@@ -66,12 +67,24 @@ def progress_line(p: Progress, prefix: str = "") -> str:
     return " · ".join(parts)
 
 
-def inline_svg(path: Path) -> str:
+def inline_svg(path: Path, caption: str = "") -> str:
     """An SVG file as HTML to show in the page (our own writer's file; the XML prolog dropped)."""
     text = Path(path).read_text()
     text = re.sub(r"<\?xml[^>]*\?>", "", text)
     text = re.sub(r"<!DOCTYPE[^>]*>", "", text)
-    return f'<div class="best-svg" style="max-width:320px">{text}</div>'
+    return (f'<div class="best-svg" style="max-width:320px;border:1px solid #ddd">{text}'
+            f'<div style="font-size:small">{html.escape(caption)}</div></div>')
+
+
+def best_caption(run_dir: Path) -> str:
+    """``best.svg: seed 1000, eval loss 0.0702 at step 14`` from the run's summary.json."""
+    try:
+        s = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return "best.svg"
+    if s.get("best_loss") is None:
+        return f"best.svg: seed {s.get('best_seed')} (final strokes)"
+    return f"best.svg: seed {s['best_seed']}, eval loss {s['best_loss']:.4f} at step {s['best_step']}"
 
 
 def line(text: str, kind: str = "info") -> str:
