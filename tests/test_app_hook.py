@@ -94,3 +94,22 @@ def test_app_binds_localhost_unless_told():
     assert parse(["--host", "0.0.0.0"])[0].host == "0.0.0.0"
     with pytest.raises(ClipassoError, match="unknown argument"):
         parse(["--bogus"])
+
+
+@pytest.mark.slow
+def test_stop_ends_a_scene_job_before_its_next_stage(tmp_path):
+    from PIL import Image
+
+    from clipasso_pl.app.runs import scene_work
+
+    photo = tmp_path / "scene.png"
+    rgba = Image.new("RGBA", (64, 64), (200, 180, 160, 0))
+    rgba.paste((90, 60, 30, 255), (16, 16, 48, 48))
+    rgba.save(photo)
+    settings = AppSettings(tmp_path / "runs", ["preset=smoke"])
+    job = Job(scene_work(settings, str(photo), None, tmp_path / "runs" / "scene"), stop_raises=True)
+    job.stop()  # pressed before the first step: the first stage raises RunStopped, no cell is trained
+    job.start().thread.join(300)
+    assert not job.alive() and job.error == "stopped"
+    assert (tmp_path / "runs" / "scene" / "config.yaml").is_file()
+    assert not list((tmp_path / "runs" / "scene").rglob("done.json"))

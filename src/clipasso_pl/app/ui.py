@@ -30,15 +30,15 @@ def sketch_downloads(run_dir: Path) -> list[str]:
     return found
 
 
-def finished_line(job: Job, run_dir: Path, what: str) -> tuple[str, str]:
-    """(status HTML, kind) at the end of a job."""
+def finished_line(job: Job, run_dir: Path, what: str) -> str:
+    """The status line (HTML) at the end of a job."""
     if job.error and job.error != "stopped":
-        return views.line(job.error, "error"), "error"
+        return views.line(job.error, "error")
     where = f"run folder: {run_dir}"
     if job.stopped or job.error == "stopped":
         best = " — best so far kept in best.svg" if (run_dir / "best.svg").is_file() else ""
-        return views.line(f"stopped{best}; {where}", "ok"), "ok"
-    return views.line(f"{what} finished; {where}", "ok"), "ok"
+        return views.line(f"stopped{best}; {where}", "ok")
+    return views.line(f"{what} finished; {where}", "ok")
 
 
 def build(settings: AppSettings) -> gr.Blocks:
@@ -50,6 +50,12 @@ def build(settings: AppSettings) -> gr.Blocks:
         job = Job(work, stop_raises=stop_raises)
         registry.put(request.session_hash, job)
         return job.start()
+
+    def end_job(request: gr.Request, job: Job) -> None:
+        if job.alive():  # the generator was closed (page closed or reloaded): stop the run, free the device
+            job.stop()
+            job.thread.join(timeout=600)
+        registry.drop(request.session_hash, job)
 
     def stop(request: gr.Request):
         stopped = registry.stop(request.session_hash)
@@ -72,32 +78,34 @@ def build(settings: AppSettings) -> gr.Blocks:
                           attention, text, text_weight, force_sparse, num_segments)
         run_dir = runs.fresh_dir(settings, "sketch")
         job = start_job(request, runs.sketch_work(settings, form, run_dir))
-        yield {s_status: views.line(f"running in {run_dir}"), s_svg: "", s_files: None, s_progress: "starting…"}
-        seen, shown = -1, 0.0
-        while job.alive():
-            time.sleep(POLL_S)
+        try:
+            yield {s_status: views.line(f"running in {run_dir}"), s_svg: "", s_files: None, s_progress: "starting…"}
+            seen, shown = -1, 0.0
+            while job.alive():
+                time.sleep(POLL_S)
+                p = job.watcher.snapshot()
+                update = {}
+                if p.version != seen:
+                    seen = p.version
+                    best, row = views.seed_pictures(p)
+                    if best is not None:
+                        update.update({s_preview: best, s_seeds_img: row, s_curve: views.loss_frame(p)})
+                if update or time.monotonic() - shown > 1.0:
+                    shown = time.monotonic()
+                    update[s_progress] = views.line(views.progress_line(p))
+                    yield update
+            status = finished_line(job, run_dir, "sketch")
             p = job.watcher.snapshot()
-            update = {}
-            if p.version != seen:
-                seen = p.version
-                best, row = views.seed_pictures(p)
-                if best is not None:
-                    update.update({s_preview: best, s_seeds_img: row, s_curve: views.loss_frame(p)})
-            if update or time.monotonic() - shown > 1.0:
-                shown = time.monotonic()
-                update[s_progress] = views.line(views.progress_line(p))
-                yield update
-        registry.drop(request.session_hash, job)
-        status, _ = finished_line(job, run_dir, "sketch")
-        p = job.watcher.snapshot()
-        final = {s_status: status, s_progress: views.line(views.progress_line(p))}
-        best, row = views.seed_pictures(p)
-        if best is not None:
-            final.update({s_preview: best, s_seeds_img: row, s_curve: views.loss_frame(p)})
-        if (run_dir / "best.svg").is_file():
-            final.update({s_svg: views.inline_svg(run_dir / "best.svg", views.best_caption(run_dir)),
-                          s_files: sketch_downloads(run_dir)})
-        yield final
+            final = {s_status: status, s_progress: views.line(views.progress_line(p))}
+            best, row = views.seed_pictures(p)
+            if best is not None:
+                final.update({s_preview: best, s_seeds_img: row, s_curve: views.loss_frame(p)})
+            if (run_dir / "best.svg").is_file():
+                final.update({s_svg: views.inline_svg(run_dir / "best.svg", views.best_caption(run_dir)),
+                              s_files: sketch_downloads(run_dir)})
+            yield final
+        finally:  # also when the page goes away: the job ends before the next one starts
+            end_job(request, job)
 
     # ----------------------------------------------------------- abstraction
     def abstraction_job(photo, seeds, steps, request: gr.Request):
@@ -105,22 +113,24 @@ def build(settings: AppSettings) -> gr.Blocks:
         form = SketchForm(photo, None, False, "app default", 16, seeds, steps, d["clip_model"], d["clip_weights"])
         job_dir = runs.fresh_dir(settings, "abstraction")
         job = start_job(request, runs.abstraction_work(settings, form, job_dir))
-        yield {a_status: views.line(f"running in {job_dir}"), a_files: None}
-        seen, shown = None, 0.0
-        while job.alive():
-            time.sleep(POLL_S)
-            p = job.watcher.snapshot()
-            key = (job.current, p.version)
-            if key != seen or time.monotonic() - shown > 1.0:
-                seen, shown = key, time.monotonic()
-                yield {a_row: abstraction_row(job_dir, job, p),
-                       a_progress: views.line(views.progress_line(p, f"{job.current} strokes: " if job.current else ""))}
-        registry.drop(request.session_hash, job)
-        status, _ = finished_line(job, job_dir, "abstraction")
-        files = [str(zip_folder(job_dir, job_dir.parent / f"{job_dir.name}.zip"))] if job_dir.is_dir() else None
-        done = [n for n in runs.ABSTRACTION_STROKES if (job_dir / f"strokes{n}" / "summary.json").is_file()]
-        yield {a_status: status, a_row: abstraction_row(job_dir, job, None), a_files: files,
-               a_progress: views.line(f"runs finished: {', '.join(map(str, done)) or 'none'} strokes")}
+        try:
+            yield {a_status: views.line(f"running in {job_dir}"), a_files: None}
+            seen, shown = None, 0.0
+            while job.alive():
+                time.sleep(POLL_S)
+                p = job.watcher.snapshot()
+                key = (job.current, p.version)
+                if key != seen or time.monotonic() - shown > 1.0:
+                    seen, shown = key, time.monotonic()
+                    yield {a_row: abstraction_row(job_dir, job, p),
+                           a_progress: views.line(views.progress_line(p, f"{job.current} strokes: " if job.current else ""))}
+            status = finished_line(job, job_dir, "abstraction")
+            files = [str(zip_folder(job_dir, job_dir.parent / f"{job_dir.name}.zip"))] if job_dir.is_dir() else None
+            done = [n for n in runs.ABSTRACTION_STROKES if (job_dir / f"strokes{n}" / "summary.json").is_file()]
+            yield {a_status: status, a_row: abstraction_row(job_dir, job, None), a_files: files,
+                   a_progress: views.line(f"runs finished: {', '.join(map(str, done)) or 'none'} strokes")}
+        finally:  # also when the page goes away: the job ends before the next one starts
+            end_job(request, job)
 
     def abstraction_row(job_dir: Path, job: Job, live) -> Image.Image:
         tiles, captions = [], []
@@ -158,24 +168,26 @@ def build(settings: AppSettings) -> gr.Blocks:
     def scene_job(photo, mask, request: gr.Request):
         root = runs.fresh_dir(settings, "scene")
         job = start_job(request, runs.scene_work(settings, photo, mask, root), stop_raises=True)
-        yield {c_status: views.line(f"running in {root}"), c_files: None}
-        seen, shown = -1, 0.0
-        total = len(layers) * levels
-        while job.alive():
-            time.sleep(POLL_S)
+        try:
+            yield {c_status: views.line(f"running in {root}"), c_files: None}
+            seen, shown = -1, 0.0
+            total = len(layers) * levels
+            while job.alive():
+                time.sleep(POLL_S)
+                picture, done = scene_matrix(root)
+                p = job.watcher.snapshot()
+                if done != seen or time.monotonic() - shown > 1.0:
+                    seen, shown = done, time.monotonic()
+                    yield {c_matrix: picture,
+                           c_progress: views.line(f"cells {done} / {total} · this stage: step {p.step} / {p.max_steps}")}
+            status = finished_line(job, root, "scene matrix")
             picture, done = scene_matrix(root)
-            p = job.watcher.snapshot()
-            if done != seen or time.monotonic() - shown > 1.0:
-                seen, shown = done, time.monotonic()
-                yield {c_matrix: picture,
-                       c_progress: views.line(f"cells {done} / {total} · this stage: step {p.step} / {p.max_steps}")}
-        registry.drop(request.session_hash, job)
-        status, _ = finished_line(job, root, "scene matrix")
-        picture, done = scene_matrix(root)
-        files = [str(root / n) for n in ("matrix.png", "summary.json") if (root / n).is_file()]
-        if root.is_dir():
-            files.append(str(zip_folder(root, root.parent / f"{root.name}.zip")))
-        yield {c_status: status, c_matrix: picture, c_progress: views.line(f"cells {done} / {total}"), c_files: files}
+            files = [str(root / n) for n in ("matrix.png", "summary.json") if (root / n).is_file()]
+            if root.is_dir():
+                files.append(str(zip_folder(root, root.parent / f"{root.name}.zip")))
+            yield {c_status: status, c_matrix: picture, c_progress: views.line(f"cells {done} / {total}"), c_files: files}
+        finally:  # also when the page goes away: the job ends before the next one starts
+            end_job(request, job)
 
     # ----------------------------------------------------------- layout
     with gr.Blocks(title="clipasso-pl", analytics_enabled=False) as demo:
