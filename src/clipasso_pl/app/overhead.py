@@ -46,8 +46,8 @@ def cli_seconds_per_step(target: Path, overrides: list[str], run_dir: Path) -> f
     return json.loads((run_dir / "summary.json").read_text())["seconds_per_step"]
 
 
-def page_poller(job_watcher, done: threading.Event) -> threading.Thread:
-    """A thread doing the page generator's work on ``job_watcher`` until ``done``."""
+def page_poller(job_watcher, done: threading.Event, cpu: list) -> threading.Thread:
+    """A thread doing the page generator's work on ``job_watcher`` until ``done``; appends its CPU seconds to ``cpu``."""
     from .jobs import POLL_S
     from .views import loss_frame, progress_line, seed_pictures
 
@@ -64,17 +64,31 @@ def page_poller(job_watcher, done: threading.Event) -> threading.Thread:
                     for picture in (best, row):
                         picture.save(io.BytesIO(), format="PNG")
                     loss_frame(p).to_json()
+        cpu.append(time.thread_time())
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
     return thread
 
 
+def timed_watcher():
+    """The app's watcher, adding up the CPU seconds its hook takes (``.cpu_s``)."""
+    from .watch import RunWatcher
+
+    class TimedWatcher(RunWatcher):
+        cpu_s = 0.0
+
+        def on_train_batch_end(self, *args) -> None:
+            t = time.thread_time()
+            super().on_train_batch_end(*args)
+            self.cpu_s += time.thread_time() - t
+
+    return TimedWatcher()
+
+
 def in_process(target: Path, overrides: list[str], work: Path, repeats: int) -> None:
     from ..api import run_sketch
     from ..config import compose
-    from .watch import RunWatcher
-
     rows = {"cli": [], "app": []}
     for i in range(repeats):
         for kind in ("cli", "app") if i % 2 == 0 else ("app", "cli"):
@@ -83,11 +97,13 @@ def in_process(target: Path, overrides: list[str], work: Path, repeats: int) -> 
             if kind == "cli":
                 result = run_sketch(cfg, work / f"{kind}{i}")
             else:
-                watcher, done = RunWatcher(), threading.Event()
-                poller = page_poller(watcher, done)
+                watcher, done, poll_cpu = timed_watcher(), threading.Event(), []
+                poller = page_poller(watcher, done, poll_cpu)
                 result = run_sketch(cfg, work / f"{kind}{i}", callbacks=[watcher])
                 done.set()
                 poller.join()
+                own = (watcher.cpu_s + poll_cpu[0]) / result.summary["steps_run"]
+                print(f"repeat {i} app: its own work (watcher + page poller) {own * 1000:.2f} CPU ms/step", flush=True)
             steps = result.summary["steps_run"]
             rows[kind].append((result.summary["seconds_per_step"], (time.process_time() - cpu) / steps))
             print(f"repeat {i} {kind}: {rows[kind][-1][0]:.4f} s/step wall, {rows[kind][-1][1]:.4f} CPU s/step",
