@@ -113,3 +113,8 @@ def test_stop_ends_a_scene_job_before_its_next_stage(tmp_path):
     assert not job.alive() and job.error == "stopped"
     assert (tmp_path / "runs" / "scene" / "config.yaml").is_file()
     assert not list((tmp_path / "runs" / "scene").rglob("done.json"))
+
+
+def test_a_bad_override_is_one_line(tmp_path):
+    with pytest.raises(ClipassoError, match="Could not override 'nosuchkey'.*configs/sketch.yaml"):
+        AppSettings(tmp_path, ["nosuchkey=1"]).base()

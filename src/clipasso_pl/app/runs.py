@@ -58,8 +58,15 @@ class AppSettings:
         return [o for o in self.overrides if not o.startswith("scene.")]
 
     def compose(self, name: str, overrides: list[str], **values) -> DictConfig:
+        """The config as the CLI composes it; a bad key or value is one ClipassoError line, as in the CLI."""
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
         with _COMPOSE:
-            return compose(name, overrides, **values)
+            try:
+                return compose(name, overrides, **values)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise ClipassoError(" ".join(str(e).split()) + f" (see the keys in configs/{name}.yaml)") from None
 
     def base(self) -> DictConfig:
         return self.compose("sketch", self.sketch_overrides)
