@@ -19,7 +19,8 @@ INSTALL_HINT = "the app needs Gradio: pip install -e '.[app]' (or make app)"
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="clipasso-pl app", description="Serve the clipasso-pl web app (Gradio) on 127.0.0.1 unless --host is given.")
+    parser = argparse.ArgumentParser(prog="clipasso-pl app",
+                                     description="Serve the clipasso-pl web app (Gradio); 127.0.0.1 unless --host.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--runs", default="outputs/app", help="the app's run folder (the only one it serves files from)")
