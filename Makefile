@@ -9,7 +9,7 @@ EXPERIMENT ?=
 EXP := $(or $(EXPERIMENT),default)
 SWEEP_DIR = multirun/$(EXP)/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: install sketch test test-full bench bench-render gpu-check sweep clean
+.PHONY: install app-install app sketch test test-full bench bench-render gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -19,6 +19,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+# The web app's extra (gradio, playwright for the browser tests) beside the pinned requirements.txt.
+APP_STAMP := $(VENV)/.installed-app
+app-install: $(APP_STAMP)
+
+$(APP_STAMP): $(STAMP) requirements-app.txt requirements-gradio.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.txt -r requirements-app.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-gradio.txt
+	touch $(APP_STAMP)
+
+# The web app on http://127.0.0.1:7860, e.g. ARGS="preset=smoke" (README "Web app").
+app: app-install
+	$(VENV)/bin/clipasso-pl app $(ARGS)
 
 sketch: install
 	$(VENV)/bin/clipasso-pl sketch $(ARGS)

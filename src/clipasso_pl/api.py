@@ -236,11 +236,12 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
 
 
-def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
+def run_sketch(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> SketchResult:
     """Sketch ``cfg.target`` into ``run_dir``; returns the paths of the best sketch and the summary.
 
     With ``cfg.resume`` set to an earlier run directory, that run continues from its
-    last checkpoint, in its own directory, with its saved config.
+    last checkpoint, in its own directory, with its saved config. ``callbacks``: extra
+    Lightning callbacks after the configured ones (the web app's watcher).
     """
     from .callbacks import BestSketch
     from .module import step_loader
@@ -256,7 +257,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path) -> SketchResult:
     target = loaded.image
     module = build_module(cfg, target, loaded.mask)
     ensure_writable(run_dir)
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + list(callbacks or [])
     trainer = build_trainer(cfg, run_dir, callbacks)
     if ckpt is None and trainer.global_rank == 0:  # under DDP, rank 0 alone writes (its rank is known from here on)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

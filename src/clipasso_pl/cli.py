@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "evaluate": ("evaluate", "clipasso_pl.evaluate.runner:run_evaluate"),
     "report": (None, "clipasso_pl.report:main"),
     "bench": (None, "clipasso_pl.bench:main"),  # bench=render: the renderer benchmark
+    "app": (None, "clipasso_pl.app.server:main"),  # the web app (Gradio, the [app] extra)
 }
 
 USAGE = "usage: clipasso-pl {" + ",".join(COMMANDS) + "} [key=value ...]   (e.g. clipasso-pl sketch target=photo.png strokes=8)"

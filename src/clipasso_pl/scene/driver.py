@@ -123,10 +123,11 @@ def save_torch(path: Path, obj: Any) -> None:
 class SceneRunner:
     """Runs and resumes the stages of one scene; holds the shared CLIP, renderer and inputs."""
 
-    def __init__(self, cfg: DictConfig, root: Path, inputs: SceneInputs, fp: str):
+    def __init__(self, cfg: DictConfig, root: Path, inputs: SceneInputs, fp: str, callbacks: list | None = None):
         from ..clip import ClipFeatures
 
         self.cfg, self.root, self.inputs, self.fp = cfg, root, inputs, fp
+        self.callbacks = list(callbacks or [])  # extra callbacks of every stage (the web app's watcher)
         self.canvas = cfg.canvas
         self.clip = ClipFeatures(cfg.clip.model, cfg.clip.pretrained)
         self.renderer = instantiate(cfg.renderer)
@@ -160,7 +161,7 @@ class SceneRunner:
         from ..module import step_loader
 
         logger = build_logger(self.cfg, folder)
-        trainer = instantiate(self.cfg.trainer, max_steps=steps, callbacks=[LayerLossLogger(), *callbacks],
+        trainer = instantiate(self.cfg.trainer, max_steps=steps, callbacks=[LayerLossLogger(), *callbacks, *self.callbacks],
                               logger=logger, default_root_dir=str(folder))
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=step_loader(steps))
@@ -355,8 +356,10 @@ def write_matrix(root: Path, cfg: DictConfig, results: dict) -> Path:
     return save_png(root / "matrix.png", picture)
 
 
-def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run (or resume) the scene matrix of ``cfg.target``; returns the summary written to summary.json."""
+def run_scene(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
+    """Run (or resume) the scene matrix of ``cfg.target``; returns the summary written to summary.json.
+
+    ``callbacks``: extra Lightning callbacks for every stage (the web app's watcher)."""
     from ..api import ensure_writable
 
     validate(cfg)
@@ -371,7 +374,7 @@ def run_scene(cfg: DictConfig, run_dir: str | Path) -> dict:
     inputs.save(root / "inputs")
     atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
-    runner = SceneRunner(cfg, root, inputs, fp)
+    runner = SceneRunner(cfg, root, inputs, fp, callbacks)
     for layer, last_level in wanted.items():
         runner.row(layer, last_level)
     wall = time.perf_counter() - start
