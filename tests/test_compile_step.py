@@ -11,7 +11,8 @@ import torch
 from clipasso_pl.api import build_module
 from clipasso_pl.config import compose
 from clipasso_pl.errors import ClipassoError
-from clipasso_pl.images import load_target, resolve_target
+from clipasso_pl.images import resolve_target
+from clipasso_pl.sketch_target import load_target
 
 TARGET = "skimage:coffee"
 TOL = 1e-5

@@ -165,10 +165,10 @@ def test_bad_input_is_one_line_and_exit_2(photo, tmp_path, args, message):
 
 @pytest.mark.slow
 def test_weights_unreachable_fails_fast_with_fix(photo, tmp_path):
-    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # closed local port: never a real host
-    env["HF_HOME"] = str(tmp_path / "hf")  # empty cache
+    env = {"HF_HUB_OFFLINE": None,  # online, but the hub is a closed local port: never a real host
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # and an empty cache
     start = time.monotonic()
-    res = cli("sketch", f"target={photo}", "steps=1", f"hydra.run.dir={tmp_path / 'run'}", env={"HF_HUB_OFFLINE": None})
+    res = cli("sketch", f"target={photo}", "steps=1", f"hydra.run.dir={tmp_path / 'run'}", env=env)
     took = time.monotonic() - start
     assert res.returncode == 2, res.stderr[-2000:]
     assert took < 60

@@ -15,7 +15,8 @@ import torch
 from clipasso_pl.api import build_module, build_trainer, lr_schedule, total_steps
 from clipasso_pl.callbacks import EvalEarlyStopping
 from clipasso_pl.config import compose
-from clipasso_pl.images import load_target, resolve_target
+from clipasso_pl.images import resolve_target
+from clipasso_pl.sketch_target import load_target
 from clipasso_pl.module import step_loader
 
 TARGET = "skimage:coffee"
@@ -46,16 +47,22 @@ def simplicity_module(runner, ratio: float):
                          select="zscore")
 
 
-def test_the_scene_module_feeds_its_width_mlp_the_official_width(scene_runner):
+def test_the_scene_module_feeds_its_width_mlp_the_official_width(scene_runner, monkeypatch):
     """The official width MLP's input is the initial stroke width, 1.5, for every stroke (SceneSketch
-    painter_params: init_widths = ones(num_paths) * 1.5): what the module passes, not what a test passes."""
+    painter_params: init_widths = ones(num_paths) * 1.5): what the module passes, not what a test passes.
+    The module runs every seed's WidthMLP in one batched forward (WidthMLP.batched): its input is recorded."""
     from clipasso_pl.scene.mlp import WidthMLP
 
     module = simplicity_module(scene_runner, ratio=0.25)
     fed = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args: fed.append(args[0].detach().clone()))
-             for m in module.modules() if isinstance(m, WidthMLP)]
-    assert hooks, "the simplicity module has no WidthMLP"
+    forward = WidthMLP.batched
+
+    def recording(mlps, x):
+        assert all(isinstance(m, WidthMLP) for m in mlps)
+        fed.append(x.detach().clone())
+        return forward(mlps, x)
+
+    monkeypatch.setattr(WidthMLP, "batched", staticmethod(recording))
     module.keep(noise=True)
     module.keep(noise=False)
     assert fed and all(x.shape[-1] == scene_runner.cfg.strokes for x in fed)

@@ -289,8 +289,8 @@ def bench_row(cfg: DictConfig, target, device: torch.device, loops: list[str],
     steps = warmup + -(-repeats // interval) * interval  # whole eval intervals are timed
     clip_and_loss = build_clip(cfg.clip)
     row: dict = {"timed_steps": steps - warmup}
-    row.update(ops_per_step(build_module(cfg, target, clip_and_loss=clip_and_loss), cfg, device))
-    if str(cfg.get("compile", "none")) == "step":
+    row.update(ops_per_step(build_module(cfg, image, mask, clip_and_loss=clip_and_loss), cfg, device))
+    if str(cfg.compile) == "step":
         loops = [loop for loop in loops if loop != "phases"]  # one graph: no phase boundaries to time
     if "phases" in loops:
         # phases_over_step: the per-phase medians of a training step (eval excluded) over the median of

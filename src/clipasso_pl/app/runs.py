@@ -27,8 +27,13 @@ _COMPOSE = threading.Lock()  # Hydra's compose API keeps global state
 
 
 def clip_groups() -> dict[str, dict]:
-    """The ``clip`` config group: option name -> its YAML (model, pretrained, conv_layer_weights, ...)."""
-    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted((config_dir() / "clip").glob("*.yaml"))}
+    """The ``clip`` config group: option name -> its YAML (model, pretrained, ...) with its sketch-loss weights
+    from ``clip/weights/`` (conv_layer_weights, fc_weight)."""
+    groups = {}
+    for p in sorted((config_dir() / "clip").glob("*.yaml")):
+        weights = p.parent / "weights" / p.name
+        groups[p.stem] = {**yaml.safe_load(p.read_text()), **(yaml.safe_load(weights.read_text()) if weights.is_file() else {})}
+    return groups
 
 
 def clip_group_of(model: str) -> str:
@@ -147,6 +152,7 @@ class SketchForm:
             "strokes": parse_int(self.strokes, "strokes"), "seeds": parse_seeds(self.seeds),
             "steps": parse_int(self.steps, "steps"), "num_segments": parse_int(self.num_segments, "num_segments"),
             "clip.model": group["model"], "clip.conv_layer_weights": group["conv_layer_weights"],
+            "clip.fc_weight": group["fc_weight"],
             "clip.pretrained": None if weights.lower() in ("", "random", "none", "null") else weights,
             "mask_object": bool(self.mask_object), "mask_object_attention": bool(self.mask_object_attention),
             "force_sparse": bool(self.force_sparse),
