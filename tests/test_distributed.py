@@ -61,7 +61,9 @@ def run(rank, port):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     # the ranks' eval losses differ in the last bits, as on GPUs
     out = from_rank0({"loss": torch.tensor([1.0, 2.0]) + rank * 1e-6, "fc": torch.tensor([0.5, 3.0]) * (rank + 1)})
-    print(rank, out["loss"].tolist(), out["fc"].tolist(), flush=True)
+    # one file per rank: two ranks printing to one pipe may interleave their lines
+    with open(sys.argv[2] + f"/rank{rank}.txt", "w") as f:
+        f.write(f"{rank} {out['loss'].tolist()} {out['fc'].tolist()}")
     dist.destroy_process_group()
 
 if __name__ == "__main__":
@@ -76,7 +78,8 @@ def test_every_rank_takes_rank0s_eval_losses(tmp_path):
         port = s.getsockname()[1]
     script = tmp_path / "ranks.py"
     script.write_text(RANK0_SCRIPT)
-    res = subprocess.run([sys.executable, str(script), str(port)], capture_output=True, text=True, env=ENV, timeout=120)
+    res = subprocess.run([sys.executable, str(script), str(port), str(tmp_path)], capture_output=True, text=True,
+                         env=ENV, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
-    lines = sorted(l for l in res.stdout.splitlines() if l[:1] in "01")
+    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert lines == ["0 [1.0, 2.0] [0.5, 3.0]", "1 [1.0, 2.0] [0.5, 3.0]"], res.stdout
