@@ -250,7 +250,7 @@ def test_saved_and_built_configs_are_checked_too(tmp_path):
 
 
 def test_the_schema_and_its_choice_lists_import_no_torch():
-    """The CLI checks a config before torch loads: config.py and the one home of the choice lists
+    """The CLI checks a config before torch loads: the config package and the one home of the choice lists
     (clipasso_pl.choices, imported by the schema and by the code that acts on a value) stay torch-free."""
     code = "import sys, clipasso_pl.config, clipasso_pl.choices; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
