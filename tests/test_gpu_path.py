@@ -155,7 +155,7 @@ def test_each_bench_variant_passes_lightnings_cuda_setup(monkeypatch, restore_ba
     A flag set through the newer API beforehand (a mix) is replaced, not kept."""
     from clipasso_pl.accel import apply_speed_config
     from clipasso_pl.api import validate
-    from clipasso_pl.bench import row_config
+    from clipasso_pl.bench.run import row_config
     from clipasso_pl.clip import TINY_RN, ClipFeatures
     from clipasso_pl.config import BENCH_VARIANTS
 
@@ -237,7 +237,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
 
 
 def test_bench_render_keeps_the_renderer_benchmark(tmp_path):
-    from clipasso_pl.bench import main
+    from clipasso_pl.bench.run import main
 
     out = tmp_path / "r.json"
     assert main(["bench=render", "--out", str(out), "--strokes", "4", "--seeds", "1", "--repeats", "1"]) == 0

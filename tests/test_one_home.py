@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 import clipasso_pl.api as api
 import clipasso_pl.scene.driver as driver
 from clipasso_pl.api import sketch
-from clipasso_pl.bench import run_bench
+from clipasso_pl.bench.run import run_bench
 from clipasso_pl.config import SCHEMA, compose, config_dir
 from clipasso_pl.evaluate import runner as evaluate_runner
 from clipasso_pl.images import to_uint8

@@ -345,15 +345,16 @@ def test_composite_erases_background_inside_the_object_and_scales_widths(tmp_pat
 
 
 def test_matrix_title_wraps_inside_the_picture():
-    from clipasso_pl.scene.matrix import _font, matrix_picture, wrap_text
+    from clipasso_pl.pictures import font, wrap_text
+    from clipasso_pl.scene.matrix import matrix_picture
 
     title = "a_rather_long_scene_file_name.png: rows = fidelity (ViT block), columns = simplicity"
     pic = matrix_picture({}, ["layer 0"], ["level 0", "level 1"], {}, tile=128, title=title)
     fs = max(11, 128 // 14)
-    lines = wrap_text(title, _font(fs), pic.width - 12)
+    lines = wrap_text(title, font(fs), pic.width - 12)
     assert len(lines) > 1 and " ".join(lines) == title
     draw = ImageDraw.Draw(pic)
-    assert all(draw.textlength(line, font=_font(fs)) <= pic.width - 12 for line in lines)
+    assert all(draw.textlength(line, font=font(fs)) <= pic.width - 12 for line in lines)
     # No ink in the last 3 px columns: nothing runs off the right edge.
     grey = np.asarray(pic.convert("L"))
     assert grey[:, -3:].min() == 255

@@ -210,7 +210,7 @@ def test_bench_step_times_skip_the_warmup_and_take_medians():
     """Marks at 0, 1, 2, 3, 10 s with one warm-up step: the span (10 - 1) / 3 steps = 3 s (not 10 / 4, not
     9 / 4); the median step 1 s (the mean would be 3 s); outside the module = the step minus its inside time,
     the warm-up's inside time dropped with its step."""
-    from clipasso_pl.bench import StepTimes
+    from clipasso_pl.bench.timing import StepTimes
 
     times = StepTimes(torch.device("cpu"), warmup=1)
     times.marks = [0.0, 1.0, 2.0, 3.0, 10.0]

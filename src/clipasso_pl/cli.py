@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "scene": ("scene", "clipasso_pl.scene.driver:run_scene"),
     "evaluate": ("evaluate", "clipasso_pl.evaluate.runner:run_evaluate"),
     "report": (None, "clipasso_pl.report:main"),
-    "bench": (None, "clipasso_pl.bench:main"),  # bench=render: the renderer benchmark
+    "bench": (None, "clipasso_pl.bench.run:main"),  # bench=render: the renderer benchmark
     "app": (None, "clipasso_pl.app.server:main"),  # the web app (Gradio, the [app] extra)
 }
 

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from .errors import ClipassoError
 from .images import atomic_write_bytes, atomic_write_text, save_png
+from .pictures import GridLayout, Tile, labelled_grid
 
 # Overrides that select what is averaged over, or that do not change the method.
 NOT_A_SETTING = ("target", "seeds", "experiment", "preset", "images", "logger", "trainer.devices", "trainer.accelerator")
@@ -130,37 +131,21 @@ def label(row: Row) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.setting) or "default"
 
 
-def _font(size: int = 12):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without sized default fonts
-        return ImageFont.load_default()
-
-
 def grid(rows: list[Row], cell: int = 128) -> Image.Image:
-    """Best sketches: one row per configuration, one column per target × seed, labelled."""
+    """Best sketches: one row per configuration, one column per target × seed, labelled, the best loss in red."""
     columns = sorted({(j.name, s) for r in rows for j in r.jobs for s in j.summary.get("per_seed", {})},
                      key=lambda c: (c[0], int(c[1])))
-    left, top = 260, 24
-    img = Image.new("RGB", (left + cell * max(len(columns), 1), top + cell * len(rows)), "white")
-    draw = ImageDraw.Draw(img)
-    font = _font()
-    for c, (name, seed) in enumerate(columns):
-        draw.text((left + c * cell + 4, 4), f"{name} / seed {seed}", fill="black", font=font)
+    tiles: dict[tuple[int, int], Tile] = {}
     for r, row in enumerate(rows):
-        y = top + r * cell
-        draw.text((4, y + cell // 2 - 8), label(row)[:40], fill="black", font=font)
         for job in row.jobs:
             for seed, stats in job.summary.get("per_seed", {}).items():
                 png = job.path / "seeds" / f"seed{seed}" / "best.png"
-                if not png.is_file():
-                    continue
-                c = columns.index((job.name, seed))
-                pic = Image.open(png).convert("RGB").resize((cell - 4, cell - 4))
-                img.paste(pic, (left + c * cell + 2, y + 2))
-                draw.text((left + c * cell + 4, y + cell - 16), f"{stats['best_loss']:.4f}", fill="red", font=font)
-        draw.line([(0, y), (img.width, y)], fill=(200, 200, 200))
-    return img
+                if png.is_file():
+                    tiles[r, columns.index((job.name, seed))] = Tile(Image.open(png), f"{stats['best_loss']:.4f}", "red")
+    layout = GridLayout(tile=cell - 4, pitch=(cell, cell), origin=(260, 24), inset=2, row_label=(4, cell // 2 - 8, None),
+                        caption=(4, cell - 16, None), rule=(200, 200, 200))
+    return labelled_grid(tiles, [label(row)[:40] for row in rows], [f"{name} / seed {seed}" for name, seed in columns],
+                         layout)
 
 
 def eval_curve(job: Job) -> tuple[np.ndarray, np.ndarray] | None:

@@ -21,6 +21,22 @@ from .runs import AppSettings, SketchForm
 DEVICE = "device"  # the concurrency group of every job
 
 
+def start_stop(prefix: str) -> tuple[gr.Button, gr.Button]:
+    """A job's Start and Stop buttons (elem_id ``<prefix>-start`` and ``<prefix>-stop``), in the open block."""
+    return (gr.Button("Start", variant="primary", elem_id=f"{prefix}-start"),
+            gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop"))
+
+
+def job_results(prefix: str, picture_label: str, picture_id: str) -> tuple[gr.HTML, gr.HTML, gr.Image, gr.File]:
+    """Under a job's form: its status line, progress line, result picture and downloads (elem_id
+    ``<prefix>-status``, ``<prefix>-progress``, ``picture_id``, ``<prefix>-downloads``)."""
+    status = gr.HTML(elem_id=f"{prefix}-status")
+    progress = gr.HTML(elem_id=f"{prefix}-progress")
+    picture = gr.Image(label=picture_label, type="pil", format="png", interactive=False, elem_id=picture_id)
+    files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id=f"{prefix}-downloads")
+    return status, progress, picture, files
+
+
 def sketch_downloads(run_dir: Path) -> list[str]:
     """best.svg, best.png, the progress animation and the run folder as a zip (those that exist)."""
     files = [run_dir / n for n in ("best.svg", "best.png", "progress.gif", "progress.mp4")]
@@ -219,8 +235,7 @@ def build(settings: AppSettings) -> gr.Blocks:
                         s_sparse = gr.Checkbox(label="force_sparse: train each stroke's opacity")
                         s_segments = gr.Number(defaults["num_segments"], label="num_segments", precision=0)
                     with gr.Row():
-                        s_start = gr.Button("Start", variant="primary", elem_id="sketch-start")
-                        s_stop = gr.Button("Stop", variant="stop", elem_id="sketch-stop")
+                        s_start, s_stop = start_stop("sketch")
             s_status = gr.HTML(elem_id="sketch-status")
             s_progress = gr.HTML(elem_id="sketch-progress")
             with gr.Row():
@@ -243,13 +258,8 @@ def build(settings: AppSettings) -> gr.Blocks:
                     a_steps = gr.Number(defaults["steps"], label="Steps per run", precision=0,
                                         elem_id="abs-steps")
                     with gr.Row():
-                        a_start = gr.Button("Start", variant="primary", elem_id="abs-start")
-                        a_stop = gr.Button("Stop", variant="stop", elem_id="abs-stop")
-            a_status = gr.HTML(elem_id="abs-status")
-            a_progress = gr.HTML(elem_id="abs-progress")
-            a_row = gr.Image(label="4 / 8 / 16 / 32 strokes", type="pil", format="png", interactive=False,
-                             elem_id="abs-row")
-            a_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="abs-downloads")
+                        a_start, a_stop = start_stop("abs")
+            a_status, a_progress, a_row, a_files = job_results("abs", "4 / 8 / 16 / 32 strokes", "abs-row")
         with gr.Tab("Scene", id="scene"):
             gr.Markdown("A photo with a mask, or an RGBA image (alpha = object): the fidelity × simplicity matrix, "
                         "cell by cell.")
@@ -259,13 +269,8 @@ def build(settings: AppSettings) -> gr.Blocks:
                 c_mask = gr.File(label="Mask (optional, white = object)", file_types=["image"], type="filepath",
                                  elem_id="scene-mask")
                 with gr.Column():
-                    c_start = gr.Button("Start", variant="primary", elem_id="scene-start")
-                    c_stop = gr.Button("Stop", variant="stop", elem_id="scene-stop")
-            c_status = gr.HTML(elem_id="scene-status")
-            c_progress = gr.HTML(elem_id="scene-progress")
-            c_matrix = gr.Image(label="Fidelity × simplicity", type="pil", format="png", interactive=False,
-                                elem_id="scene-matrix")
-            c_files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="scene-downloads")
+                    c_start, c_stop = start_stop("scene")
+            c_status, c_progress, c_matrix, c_files = job_results("scene", "Fidelity × simplicity", "scene-matrix")
 
         # ------------------------------------------------------- events
         form_controls = [s_strokes, s_seeds, s_steps, s_clip, s_weights, s_segments]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor
 
 from ..images import atomic_write_bytes, atomic_write_text, save_png, to_uint8
+from ..pictures import GridLayout, Tile, labelled_grid
 
 METRICS = ("top1", "top3", "instance_top1")
 METRIC_LABELS = {"top1": "top-1", "top3": "top-3", "instance_top1": "instance top-1"}
@@ -155,13 +156,6 @@ def plot(rows: list[ResultRow], chance: float, title: str) -> bytes:
     return buf.getvalue()
 
 
-def _font(size: int = 12):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without sized default fonts
-        return ImageFont.load_default()
-
-
 @dataclass
 class GridCell:
     image: Tensor      # [3, H, W] in [0, 1]
@@ -171,28 +165,20 @@ class GridCell:
 
 def grid(row_labels: list[str], column_labels: list[str], cells: list[list[GridCell | None]], cell: int = 150) -> Image.Image:
     """A labelled picture grid: one row per level, one column per photo; captions green/red = right/wrong."""
-    left, top, caption_h = 110, 22, 18
-    img = Image.new("RGB", (left + cell * max(len(column_labels), 1), top + (cell + caption_h) * len(row_labels)), "white")
-    draw = ImageDraw.Draw(img)
-    font, small = _font(13), _font(11)
-    draw.text((6, 4), "caption: top-1 class", fill="black", font=small)
-    for c, name in enumerate(column_labels):
-        draw.text((left + c * cell + 4, 4), name[:22], fill="black", font=small)
-    for r, name in enumerate(row_labels):
-        y = top + r * (cell + caption_h)
-        draw.text((6, y + cell // 2 - 8), name, fill="black", font=font)
-        draw.line([(0, y), (img.width, y)], fill=(210, 210, 210))
-        for c, item in enumerate(cells[r]):
+    caption_h = 18
+    tiles: dict[tuple[int, int], Tile] = {}
+    for r, row in enumerate(cells):
+        for c, item in enumerate(row):
             if item is None:
                 continue
-            x = left + c * cell
-            pic = Image.fromarray(to_uint8(item.image)).convert("RGB").resize((cell - 6, cell - 6), Image.BICUBIC)
-            img.paste(pic, (x + 3, y + 3))
-            draw.rectangle([x + 3, y + 3, x + cell - 4, y + cell - 4], outline=(180, 180, 180))
             colour = "black" if item.correct is None else ("darkgreen" if item.correct else "firebrick")
             mark = "" if item.correct is None else ("OK " if item.correct else "X ")  # ASCII: the default font has no check mark
-            draw.text((x + 4, y + cell), (mark + item.caption)[:24], fill=colour, font=small)
-    return img
+            tiles[r, c] = Tile(Image.fromarray(to_uint8(item.image)), (mark + item.caption)[:24], colour)
+    layout = GridLayout(tile=cell - 6, pitch=(cell, cell + caption_h), origin=(110, 22), inset=3,
+                        row_label=(6, cell // 2 - 8, None), caption=(4, cell, None), fonts=(13, 11, 11), frame=0,
+                        rule=(210, 210, 210))
+    return labelled_grid(tiles, row_labels, [name[:22] for name in column_labels], layout,
+                         notes=[((6, 4), "caption: top-1 class", 11)])
 
 
 def write_outputs(run_dir: Path, rows: list[ResultRow], ci: str, with_paper: bool, notes: list[str], title: str,

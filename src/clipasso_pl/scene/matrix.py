@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..errors import ClipassoError
+from ..pictures import GridLayout, Tile, font, labelled_grid, wrap_text
 
 CELL_HINT = "use layer<l> for a row or layer<l>/level<k> for a cell, e.g. cells=[layer2,layer8/level3]"
 
@@ -54,25 +55,6 @@ def parse_cells(cells, layers: Sequence[int], levels: int) -> dict[int, int]:
     return {int(layer): wanted[int(layer)] for layer in layers if int(layer) in wanted}
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def wrap_text(text: str, font, width: int) -> list[str]:
-    """``text`` broken at spaces into lines no wider than ``width`` px (a single longer word stays whole)."""
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines: list[str] = []
-    for word in text.split():
-        if lines and measure.textlength(f"{lines[-1]} {word}", font=font) <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    return lines
-
-
 def matrix_picture(tiles: dict[tuple[int, int], Image.Image | None], row_labels: Sequence[str],
                    col_labels: Sequence[str], captions: dict[tuple[int, int], str], tile: int = 224,
                    title: str = "") -> Image.Image:
@@ -81,34 +63,16 @@ def matrix_picture(tiles: dict[tuple[int, int], Image.Image | None], row_labels:
     wrapped onto as many lines as the picture's width needs."""
     rows, cols = len(row_labels), len(col_labels)
     fs = max(11, tile // 14)
-    font, small = _font(fs), _font(max(10, fs - 3))
     gap = 6
     left, cap = 6 * fs, fs + 6
     W = left + cols * (tile + gap) + gap
-    title_lines = wrap_text(title, font, W - 2 * gap) if title else []
+    title_lines = wrap_text(title, font(fs), W - 2 * gap) if title else []
     line_h = fs + 4
     top = 3 * fs + (len(title_lines) * line_h + 6 if title_lines else 0)
-    H = top + rows * (tile + cap + gap) + gap
-    canvas = Image.new("RGB", (W, H), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(title_lines):
-        draw.text((gap, gap + i * line_h), line, fill="black", font=font)
-    for c, label in enumerate(col_labels):
-        x = left + gap + c * (tile + gap) + tile // 2
-        draw.text((x, top - fs // 2), label, fill="black", font=font, anchor="ms")
-    for r, label in enumerate(row_labels):
-        y = top + gap + r * (tile + cap + gap) + tile // 2
-        draw.text((gap, y), label, fill="black", font=font, anchor="lm")
-        for c in range(cols):
-            x0, y0 = left + gap + c * (tile + gap), top + gap + r * (tile + cap + gap)
-            picture = tiles.get((r, c))
-            if picture is None:
-                draw.rectangle((x0, y0, x0 + tile - 1, y0 + tile - 1), fill=(235, 235, 235))
-                draw.text((x0 + tile // 2, y0 + tile // 2), "not run", fill=(120, 120, 120), font=small, anchor="mm")
-            else:
-                canvas.paste(picture.convert("RGB").resize((tile, tile), Image.Resampling.LANCZOS), (x0, y0))
-            draw.rectangle((x0 - 1, y0 - 1, x0 + tile, y0 + tile), outline=(180, 180, 180))
-            text = captions.get((r, c), "")
-            if text:
-                draw.text((x0 + tile // 2, y0 + tile + 3), text, fill="black", font=small, anchor="ma")
-    return canvas
+    layout = GridLayout(tile=tile, pitch=(tile + gap, tile + cap + gap), origin=(left + gap, top + gap),
+                        col_label=(tile // 2, top - fs // 2, "ms"), row_label=(gap, tile // 2, "lm"),
+                        caption=(tile // 2, tile + 3, "ma"), fonts=(fs, fs, max(10, fs - 3)), frame=1, missing="not run",
+                        resample=Image.Resampling.LANCZOS)
+    cells = {(r, c): Tile(tiles.get((r, c)), captions.get((r, c), "")) for r in range(rows) for c in range(cols)}
+    notes = [((gap, gap + i * line_h), line, fs) for i, line in enumerate(title_lines)]
+    return labelled_grid(cells, row_labels, col_labels, layout, notes)
