@@ -7,6 +7,8 @@ from PIL import Image, ImageDraw
 
 from clipasso_pl import masking
 from clipasso_pl.errors import ClipassoError
+from clipasso_pl.scene.background import dilate, fill_background, inpaint
+from clipasso_pl.scene.foreground import on_white, resize_obj, should_resize_object
 from clipasso_pl.scene.inputs import prepare_inputs
 
 
@@ -58,7 +60,7 @@ def test_mismatched_mask_size_is_refused(tmp_path):
 def test_dilation_grows_by_half_the_window():
     mask = torch.zeros(31, 31, dtype=torch.bool)
     mask[15, 15] = True
-    grown = masking.dilate(mask, 11)
+    grown = dilate(mask, 11)
     ys, xs = torch.nonzero(grown, as_tuple=True)
     assert (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())) == (10, 20, 10, 20)
     assert int(grown.sum()) == 121
@@ -68,8 +70,8 @@ def test_inpainting_fills_the_masked_region():
     img, disc = _scene_rgba(64)
     # Put the object's colour back so the hole initially holds green, unlike its surroundings.
     rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
-    hole = masking.dilate(disc, 11)
-    filled = masking.inpaint(rgb, hole)
+    hole = dilate(disc, 11)
+    filled = inpaint(rgb, hole)
     assert filled.shape == rgb.shape
     # Outside the hole nothing changes (up to uint8 rounding).
     assert torch.allclose(filled[:, ~hole], rgb[:, ~hole], atol=1 / 255 + 1e-6)
@@ -85,9 +87,9 @@ def test_inpainting_fills_the_masked_region():
 def test_on_white_and_resize_obj_to_seventy_percent():
     img, disc = _scene_rgba(100)
     rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
-    fore = masking.on_white(rgb, disc)
+    fore = on_white(rgb, disc)
     assert torch.all(fore[:, ~disc] == 1)
-    out, out_mask, placement = masking.resize_obj(fore, disc, 0.7)
+    out, out_mask, placement = resize_obj(fore, disc, 0.7)
     ys, xs = torch.nonzero(out_mask, as_tuple=True)
     extent = max(int(ys.max()) - int(ys.min()) + 1, int(xs.max()) - int(xs.min()) + 1)
     assert abs(extent - 70) <= 2
@@ -205,16 +207,16 @@ def test_official_square_squashes_large_photos_and_centre_crops_small_ones():
 def test_object_is_resized_only_when_single_and_small():
     small = torch.zeros(100, 100, dtype=torch.bool)
     small[40:60, 30:69] = True  # 39 px < 70 px
-    assert masking.should_resize_object(small, 0.7)
+    assert should_resize_object(small, 0.7)
     large = torch.zeros(100, 100, dtype=torch.bool)
     large[10:90, 10:90] = True
-    assert not masking.should_resize_object(large, 0.7)
+    assert not should_resize_object(large, 0.7)
     two = small.clone()
     two[5:25, 5:25] = True  # a second object of comparable size (> 1/3 of the first)
-    assert not masking.should_resize_object(two, 0.7)
+    assert not should_resize_object(two, 0.7)
     speck = small.clone()
     speck[2:4, 2:4] = True  # a speck smaller than a third of the object is ignored
-    assert masking.should_resize_object(speck, 0.7)
+    assert should_resize_object(speck, 0.7)
 
 
 class _FillHalf(torch.nn.Module):
@@ -229,18 +231,18 @@ def test_background_inpainting_backends(tmp_path, monkeypatch):
     monkeypatch.delenv("LAMA_MODEL", raising=False)
     img, disc = _scene_rgba(60)  # 60 is not a multiple of 8: the LaMa input is padded
     rgb = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
-    out, backend = masking.fill_background(rgb, disc, "auto")
+    out, backend = fill_background(rgb, disc, "auto")
     assert backend == "opencv-telea"
     with pytest.raises(ClipassoError) as e:
-        masking.fill_background(rgb, disc, "lama")
+        fill_background(rgb, disc, "lama")
     assert "\n" not in str(e.value) and "big-lama.pt" in str(e.value) and "lama_weights=" in str(e.value)
     weights = tmp_path / "big-lama.pt"
     torch.jit.script(_FillHalf()).save(str(weights))
-    out, backend = masking.fill_background(rgb, disc, "auto", lama_weights=weights)
+    out, backend = fill_background(rgb, disc, "auto", lama_weights=weights)
     assert backend == "lama" and out.shape == rgb.shape
     assert torch.allclose(out[:, disc], torch.full_like(out[:, disc], 0.5))
     assert torch.equal(out[:, ~disc], rgb[:, ~disc])
     monkeypatch.setenv("LAMA_MODEL", str(weights))  # found without the setting too
-    assert masking.fill_background(rgb, disc, "lama")[1] == "lama"
+    assert fill_background(rgb, disc, "lama")[1] == "lama"
     with pytest.raises(ClipassoError, match="inpaint_method"):
-        masking.fill_background(rgb, disc, "magic")
+        fill_background(rgb, disc, "magic")

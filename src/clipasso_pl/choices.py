@@ -18,7 +18,7 @@ INIT_MODES = ("random", "saliency", "saliency_xdog")
 PRECISIONS = ("32-true", "bf16-mixed")
 # scene `square`: how a non-square scene photo becomes square (masking.square_image).
 SQUARE_MODES = ("official", "pad", "squash")
-# scene `inpaint_method`: how the background behind the object is filled (masking.fill_background).
+# scene `inpaint_method`: how the background behind the object is filled (scene.background.fill_background).
 INPAINT_METHODS = ("auto", "lama", "telea", "ns")
 # scene `parts`: what a scene is split into.
 PARTS = ("background", "foreground")

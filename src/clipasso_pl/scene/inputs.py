@@ -2,9 +2,9 @@
 
 The photo is made square at no more than ``max_size`` px (``square``: the official rule,
 squash above max_size, else centre-crop; or ``pad`` / ``squash``); the object mask comes
-from :mod:`clipasso_pl.masking`; the background is the photo with the dilated object region
-inpainted (LaMa when its weights are on disk, else OpenCV; or a user-given background
-file), the foreground is the object on white, rescaled as the official code does
+from :mod:`clipasso_pl.masking`; the background (:mod:`.background`) is the photo with the dilated
+object region inpainted (LaMa when its weights are on disk, else OpenCV; or a user-given background
+file), the foreground (:mod:`.foreground`) is the object on white, rescaled as the official code does
 (``resize_obj``: a single object smaller than ``object_fraction`` of the side is enlarged).
 """
 
@@ -20,6 +20,8 @@ from torch import Tensor
 from .. import masking
 from ..choices import PARTS
 from ..errors import ClipassoError
+from . import foreground
+from .background import dilate, fill_background
 from ..images import open_image, open_image_rgba, pil_to_tensor, resolve_target, save_png
 
 
@@ -40,7 +42,7 @@ class SceneInputs:
     dilated: Tensor | None
     background: Tensor
     foreground: Tensor | None
-    placement: masking.Placement
+    placement: foreground.Placement
     inpainting: str = "none"
 
     @property
@@ -84,20 +86,20 @@ def prepare_inputs(target: str | Path | None, parts: list[str], mask: str | Path
     if needs_mask:
         obj = masking.object_mask(rgba, mask, original_size=original_size, model=mask_model, mode=square,
                                   max_size=max_size)
-        dilated = masking.dilate(obj, dilation)
+        dilated = dilate(obj, dilation)
     if background is not None:
         bg = masking.square_image(open_image(background, "background"), max_size, mode=square)
         back = pil_to_tensor(bg.resize(rgba.size, Image.Resampling.BICUBIC))
         how = "file"
     elif dilated is not None:
-        back, how = masking.fill_background(image, dilated, inpaint_method, inpaint_radius, lama_weights)
+        back, how = fill_background(image, dilated, inpaint_method, inpaint_radius, lama_weights)
     else:
         back, how = image.clone(), "none"  # background only, no object: the whole photo
     fore = None
-    placement = masking.Placement()
+    placement = foreground.Placement()
     if "foreground" in parts:
-        fore = masking.on_white(image, obj)
-        if resize_obj and masking.should_resize_object(obj, object_fraction):
-            fore, _, placement = masking.resize_obj(fore, obj, object_fraction)
+        fore = foreground.on_white(image, obj)
+        if resize_obj and foreground.should_resize_object(obj, object_fraction):
+            fore, _, placement = foreground.resize_obj(fore, obj, object_fraction)
     return SceneInputs(image, obj, dilated, back, fore, placement, how)
 
