@@ -8,7 +8,6 @@ reachability probe so that an unreachable hub fails in seconds instead of retryi
 
 from __future__ import annotations
 
-import difflib
 import os
 import socket
 import threading
@@ -19,9 +18,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..config.architectures import OWN_CONFIGS, check_model_name
 from ..errors import ClipassoError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 TINY_RN = "tiny-rn"
 TINY_VIT = "tiny-vit"
 
@@ -36,23 +35,11 @@ def register_tiny_models() -> None:
 
     if TINY_RN in open_clip.list_models() and TINY_VIT in open_clip.list_models():
         return
-    open_clip.add_model_config(CONFIG_DIR)
+    open_clip.add_model_config(OWN_CONFIGS)
 
 
 def is_random(pretrained: str | None) -> bool:
     return pretrained is None or (isinstance(pretrained, str) and pretrained.strip() in _RANDOM)
-
-
-def check_model_name(model: str, key: str = "clip") -> None:
-    """Raise a ClipassoError naming the closest valid architectures when ``model`` is unknown."""
-    import open_clip
-
-    names = open_clip.list_models()
-    if model in names:
-        return
-    close = difflib.get_close_matches(model, names, n=5, cutoff=0.4)
-    hint = f"did you mean {', '.join(close)}?" if close else f"valid names include {', '.join(names[:8])}, ..."
-    raise ClipassoError(f"unknown CLIP model {key}.model={model}: {hint} (open_clip.list_models() lists all)")
 
 
 def _unreachable(model: str, pretrained: str, key: str, why: str) -> ClipassoError:

@@ -4,12 +4,12 @@ the value, what is allowed and where the key is documented."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..errors import ClipassoError
+from .architectures import check_model_name, vision_layers
 from .schema import GROUPS, SCHEMA, doc_of
 from .spec import Spec
 
@@ -96,29 +96,11 @@ def _is_empty(node: Any) -> bool:
 
 
 # -- rules between keys ------------------------------------------------------------------------
-def _vision_layers(model: str):
-    """``vision_cfg.layers`` of an open_clip architecture, read from its JSON (open_clip's or ours) without
-    importing open_clip; None when there is no such file (then loading the model says what is wrong)."""
-    import importlib.util
-    import json
-
-    spec = importlib.util.find_spec("open_clip")
-    folders = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
-    folders.append(Path(__file__).resolve().parents[1] / "clip" / "model_configs")  # clipasso_pl/clip/
-    for folder in folders:
-        path = folder / f"{model}.json"
-        if path.is_file():
-            return json.loads(path.read_text()).get("vision_cfg", {}).get("layers")
-    return None
-
-
 def _conv_weights_fit_the_model(cfg: DictConfig) -> None:
     """clip.conv_layer_weights has one weight per tapped layer of clip.model (from the model's config,
     no weights loaded): 5 for a ResNet (stem, layer1..layer4), the block count for a ViT."""
-    layers = _vision_layers(str(cfg.clip.model))
+    layers = vision_layers(str(cfg.clip.model))
     if layers is None:
-        from ..clip.models import check_model_name
-
         check_model_name(str(cfg.clip.model), "clip")  # an unknown name: say so now, with the closest ones
         return
     want, names = ((5, "stem, layer1..layer4") if isinstance(layers, (list, tuple))
