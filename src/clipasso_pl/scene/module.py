@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..strokes import Strokes
 from .losses import SceneClipLoss, gradnorm_weights, inside_canvas, ratio_loss, sparsity_loss
-from ..module import skip_nonfinite_step
+from ..optim import skip_nonfinite_step
 from .mlp import LocationMLP, WidthMLP, from_unit, gumbel_uniforms, keep_probabilities, seeded, to_unit
 
 
