@@ -19,7 +19,7 @@ from clipasso_pl.errors import ClipassoError
 from clipasso_pl.scene.driver import run_scene
 from clipasso_pl.scene.losses import SceneClipLoss
 from clipasso_pl.scene.matrix import parse_cells
-from clipasso_pl.scene.module import SceneRecord, select_lowest
+from clipasso_pl.scene.selection import SceneRecord, select_lowest
 from cli_runs import cli
 
 PARTS = ("background", "foreground")

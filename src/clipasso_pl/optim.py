@@ -90,10 +90,14 @@ def adam_state_on_cpu(optimizer: torch.optim.Optimizer | None, params: list[Tens
     return out
 
 
-def load_adam_state(optimizer: torch.optim.Optimizer, params: list[Tensor], state: list[dict]) -> None:
-    """Load one saved per-parameter state list (see :func:`adam_state_on_cpu`) for ``params``.
+def load_adam_state(optimizer: torch.optim.Optimizer, params: list[Tensor], state: list[dict],
+                    owner: str = "the model") -> None:
+    """Load one saved per-parameter state list (see :func:`adam_state_on_cpu`) for ``params`` (of
+    ``owner``, named in the error when the counts differ).
 
     A fused Adam keeps its step count as a float32 tensor on the parameter's device."""
+    if len(params) != len(state):
+        raise ValueError(f"optimizer_state has {len(state)} entries, {owner} has {len(params)} parameters")
     for p, saved in zip(params, state):
         optimizer.state[p] = {k: (v.clone().to(p.device, torch.float32 if k == "step" else v.dtype)
                                   if torch.is_tensor(v) else v) for k, v in saved.items()}
