@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipasso_pl.api import build_module, run_sketch
-from clipasso_pl.callbacks import EvalEarlyStopping
+from clipasso_pl.callbacks.stopping import EvalEarlyStopping
 from clipasso_pl.config import compose
 from clipasso_pl.errors import ClipassoError
 from clipasso_pl.images import resolve_target

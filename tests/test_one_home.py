@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 import clipasso_pl.api as api
+import clipasso_pl.runs as runs
 import clipasso_pl.scene.driver as driver
 from clipasso_pl.api import sketch
 from clipasso_pl.bench.run import run_bench
@@ -157,7 +158,7 @@ class ReadKeys:
         monkeypatch.setattr(DictConfig, "__getattr__", getattr_)
         monkeypatch.setattr(DictConfig, "__getitem__", getitem_)
         monkeypatch.setattr(DictConfig, "get", get_)
-        for module in (driver, api):
+        for module in (driver, api, runs):  # runs.build_logger instantiates the logger group
             real = module.instantiate
 
             def instantiate(node, *args, _real=real, **kwargs):

@@ -19,7 +19,7 @@ from clipasso_pl.errors import ClipassoError
 from clipasso_pl.scene.driver import run_scene
 from clipasso_pl.scene.losses import SceneClipLoss
 from clipasso_pl.scene.matrix import parse_cells
-from clipasso_pl.scene.module import SceneRecord, select_lowest
+from clipasso_pl.scene.selection import SceneRecord, select_lowest
 from cli_runs import cli
 
 PARTS = ("background", "foreground")
@@ -220,7 +220,7 @@ def test_default_config_resolves_and_reproduces_the_paper():
 def _fit(module, steps):
     import pytorch_lightning as pl
 
-    from clipasso_pl.module import step_loader
+    from clipasso_pl.steps import step_loader
 
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")

@@ -205,7 +205,7 @@ def test_gradnorm_weights_on_synthetic_losses_with_known_gradients():
 
 
 def test_zscore_selection_per_seed_on_a_made_up_eval_table():
-    from clipasso_pl.scene.module import SceneRecord, select_zscore, zscore_table
+    from clipasso_pl.scene.selection import SceneRecord, select_zscore, zscore_table
 
     steps = [100, 200, 300, 400]
     block = [[4.0, 1.0], [3.0, 2.0], [2.0, 3.0], [3.0, 4.0]]  # [eval, seed]

@@ -21,7 +21,7 @@ from PIL import Image
 from clipasso_pl.api import build_module, build_trainer, target_path
 from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
-from clipasso_pl.module import step_loader
+from clipasso_pl.steps import step_loader
 from clipasso_pl.sketch_target import load_sketch_target
 from clipasso_pl.syncs import StepRecord, SyncRecorderCallback
 
@@ -70,7 +70,7 @@ def fit_sketch(case: str, tmp_path: Path, first: pl.Callback, device: str = "cpu
 def fit_scene(tmp_path: Path, first: pl.Callback, device: str = "cpu") -> int:
     """A simplicity level of the scene module (location and width MLPs, Gumbel draws, gradnorm
     weights each step), S = 3, trained like the scene driver does (with its loss logger)."""
-    from clipasso_pl.callbacks import LayerLossLogger
+    from clipasso_pl.callbacks.loss_logger import LayerLossLogger
     from clipasso_pl.clip import ClipFeatures, JointAugment
     from clipasso_pl.render import TorchRenderer
     from clipasso_pl.scene.losses import SceneClipLoss

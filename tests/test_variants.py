@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from clipasso_pl.api import build_module, build_trainer, lr_schedule, total_steps
-from clipasso_pl.callbacks import EvalEarlyStopping
+from clipasso_pl.callbacks.stopping import EvalEarlyStopping
 from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
-from clipasso_pl.module import step_loader
+from clipasso_pl.steps import step_loader
 
 TARGET = "skimage:coffee"
 

@@ -78,3 +78,25 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StepCompiler:
+    """``compile=step``: a step function compiled once with ``fullgraph=True`` when ``backend`` names
+    a torch.compile backend (None: eager, the function itself); on CUDA with inductor as CUDA graphs
+    (``mode="reduce-overhead"``), which the sync-free step allows."""
+
+    def __init__(self, backend: str | None):
+        self.backend = backend
+        self.compiled = None
+
+    def __call__(self, fn, device: torch.device):
+        """``fn`` as the step runs it on ``device``: compiled on first use (and reused)."""
+        if not self.backend:
+            return fn
+        cuda_graphs = device.type == "cuda" and self.backend == "inductor"
+        if self.compiled is None:
+            self.compiled = torch.compile(fn, backend=self.backend, fullgraph=True,
+                                          dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+        if cuda_graphs:  # the previous step's graph outputs (already consumed) may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled

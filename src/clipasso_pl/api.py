@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .accel import apply_speed_config
 from .errors import ClipassoError, user_error
 from .images import atomic_write_text, resolve_target, save_png
+from .runs import build_logger, ensure_writable, new_run_dir, resume_config
 from .sketch_target import config_target
 
 
@@ -176,57 +176,12 @@ def total_steps(cfg: DictConfig) -> int:
     return cfg.steps * cfg.num_stages
 
 
-def build_logger(cfg: DictConfig, run_dir: Path):
-    if not cfg.logger:
-        return False
-    if cfg.get("resume") and "version" in cfg.logger:  # keep the first part's logs (get: a scene config has no resume)
-        return instantiate(cfg.logger, save_dir=str(run_dir), version=datetime.now().strftime("resumed-%H-%M-%S-%f"))
-    return instantiate(cfg.logger, save_dir=str(run_dir))
-
-
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
     extra = {}
     if int(cfg.num_stages) > 1:  # trainer.max_steps (${steps}) counts the steps of one stage
         extra["max_steps"] = int(cfg.trainer.max_steps) * int(cfg.num_stages)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg, run_dir), default_root_dir=str(run_dir),
                        **extra)
-
-
-def ensure_writable(run_dir: Path) -> None:
-    """Refuse a run directory that cannot be created or written, before any work is done."""
-    existing = Path(run_dir).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    reason = None
-    if not existing.is_dir():
-        reason = f"{existing} is a file"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        reason = f"no write permission on {existing}"
-    if reason is None:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write_test.{os.getpid()}"  # one per process: DDP ranks check the same directory
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            reason = e.strerror
-    if reason:
-        raise ClipassoError(f"output directory {run_dir} is not writable ({reason}): choose a writable hydra.run.dir=<dir>")
-
-
-def resume_config(resume: str | Path) -> tuple[DictConfig, Path]:
-    """The saved config of the run in ``resume`` and its last checkpoint."""
-    from .callbacks import checkpoint_path
-
-    run = Path(resume)
-    ckpt = checkpoint_path(run)
-    if not (run / "config.yaml").is_file():
-        raise ClipassoError(f"resume={run} is not a clipasso-pl run directory (no config.yaml): pass the run's output directory")
-    if not ckpt.is_file():
-        raise ClipassoError(f"resume={run} has no checkpoint {ckpt}: the run stopped before its first checkpoint_interval; start it again")
-    cfg = OmegaConf.load(run / "config.yaml")
-    cfg.resume = str(run)
-    return cfg, ckpt
 
 
 # The frozen CLIP is in eval mode on purpose.
@@ -243,8 +198,8 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = No
     last checkpoint, in its own directory, with its saved config. ``callbacks``: extra
     Lightning callbacks after the configured ones (the web app's watcher).
     """
-    from .callbacks import BestSketch
-    from .module import step_loader
+    from .callbacks.best import BestSketch
+    from .steps import step_loader
 
     launched = datetime.now().isoformat(timespec="milliseconds")
     ckpt = None
@@ -284,8 +239,9 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = No
         "strokes": cfg.strokes,
         "experiment": cfg.experiment,
         "world_size": int(trainer.world_size),
-        "rank_divergence": getattr(module, "rank_divergence", 0.0),
-        "rank_steps": getattr(module, "rank_steps", [steps_run]),  # the step each DDP rank ended at
+        "rank_divergence": module.rank_divergence,
+        # the step each DDP rank ended at (None: training never reached its end hook)
+        "rank_steps": module.rank_steps if module.rank_steps is not None else [steps_run],
         "seeds": list(cfg.seeds),
         "target": str(target_path(cfg)),
         "launched": launched,  # before loading models and the target
@@ -297,24 +253,6 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = No
         for lg in trainer.loggers:
             lg.log_metrics({"time/total_s": wall}, step=steps_run)
     return SketchResult(run_dir, run_dir / "best.svg", run_dir / "best.png", summary, int(trainer.global_rank))
-
-
-def pin_job_device(cfg: DictConfig, job_num: int) -> None:
-    """In a sweep on one machine, job ``n`` uses GPU ``n mod (visible GPUs)``; CPU when there are none."""
-    count = torch.cuda.device_count()
-    if count and cfg.trainer.get("devices", 1) == 1 and cfg.trainer.get("strategy", "auto") == "auto":
-        cfg.trainer.accelerator = "gpu"
-        cfg.trainer.devices = [job_num % count]
-
-
-def new_run_dir(root: str | Path = "outputs") -> Path:
-    """A fresh run directory ``outputs/<date>/<time>`` that no earlier run owns."""
-    now = datetime.now()
-    base = Path(root) / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S-%f")
-    path, i = base, 1
-    while path.exists():
-        path, i = base.with_name(f"{base.name}_{i}"), i + 1
-    return path
 
 
 def sketch(target: str | Path | None = None, run_dir: str | Path | None = None,

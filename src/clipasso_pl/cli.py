@@ -52,7 +52,7 @@ def write_failure(exc: BaseException) -> bool:
 def continue_hint(command: str, cfg, run_dir: Path) -> str:
     """How to go on after the outputs could not be written: what was written is whole."""
     if command == "sketch":
-        from .callbacks import checkpoint_path
+        from .runs import checkpoint_path
 
         run = Path(cfg.get("resume") or run_dir)
         if checkpoint_path(run).is_file():
@@ -111,7 +111,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         template = str(yaml.safe_load((config_dir() / f"{config_name}.yaml").read_text())["hydra"]["run"]["dir"])
         run_dir = os.path.dirname(template.split("${", 1)[0].rstrip("/") + "/") or "."
     # Hydra creates the run directory before the command starts (a failure there is its traceback): check it first
-    from .api import ensure_writable
+    from .runs import ensure_writable
 
     ensure_writable(Path(run_dir))
 
@@ -126,7 +126,7 @@ def run_hydra(config_name: str, runner, argv: list[str]) -> None:
     def task(cfg):
         from hydra.types import RunMode
 
-        from .api import pin_job_device
+        from .runs import pin_job_device
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN and "trainer" in cfg:

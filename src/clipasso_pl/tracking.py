@@ -82,7 +82,7 @@ def wandb_run(trainer) -> Any | None:
         from pytorch_lightning.loggers import WandbLogger
     except ImportError:
         return None
-    for lg in getattr(trainer, "loggers", []):
+    for lg in trainer.loggers:
         if isinstance(lg, WandbLogger):
             return lg.experiment
     return None

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
-from ..api import new_run_dir
+from ..runs import new_run_dir
 from ..config import compose, config_dir
 from ..errors import ClipassoError
 from .jobs import Job

@@ -36,7 +36,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def launch(argv: list[str], block: bool = True):
     args, overrides = parse(argv)
     runs_dir = Path(args.runs).absolute()
-    from ..api import ensure_writable
+    from ..runs import ensure_writable
 
     ensure_writable(runs_dir)
     # Gradio reads these when it is imported: uploads land inside the run folder, nothing phones home.

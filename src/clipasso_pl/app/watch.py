@@ -19,6 +19,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ..contract import Sketcher
+
 
 class RunStopped(Exception):
     """Raised by a watcher with ``stop_raises`` when Stop was pressed."""
@@ -78,12 +80,12 @@ class RunWatcher(pl.Callback):
         if self.stop_raises and self.stop_event.is_set():
             raise RunStopped("stopped")
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, module: Sketcher, outputs, batch, batch_idx) -> None:
         if self.stop_event.is_set():
             trainer.should_stop = True
-        record = getattr(module, "last_eval", None)
+        record = module.last_eval  # the contract (contract.Sketcher) both sketching modules keep
         step = int(trainer.global_step)  # a Python int: no device read
-        if record is None or getattr(record, "sketches", None) is None:
+        if record is None or record.sketches is None:
             with self._lock:
                 self._p.step, self._p.seconds = step, time.perf_counter() - self._t0
             return

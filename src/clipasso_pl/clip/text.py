@@ -3,7 +3,7 @@
 The official ``--text_target`` / ``--clip_text_guide`` term: a separate CLIP
 (ViT-B/32 there) embeds the prompt once; each training step embeds the augmented
 sketch views and sums ``1 - cos(e(view), e(text))`` over a seed's views; the eval
-term is ``1 - cos`` of the plain sketch. The weighting lives with the caller.
+term is ``1 - cos`` of the plain sketch; :func:`with_text_term` adds it, weighted, to a loss.
 """
 
 from __future__ import annotations
@@ -45,3 +45,19 @@ class ClipTextGuide(nn.Module):
 
     def extra_repr(self) -> str:
         return f"text={self.text!r}"
+
+
+
+def with_text_term(terms: dict[str, Tensor], guide: ClipTextGuide, sketch_views: Tensor, num_seeds: int,
+                   num_augs: int, weight: float) -> dict[str, Tensor]:
+    """``terms`` (each [S]) with the text term ``text`` [S] and ``weight`` x it added to ``loss``.
+
+    sketch_views: [S * V, 3, h, w], seed-major rows, 1 plain + ``num_augs`` augmented views per
+    seed. As in the official code, training sums 1 - cos over the augmented views only (the plain
+    view when there are none); eval (one row per seed) takes the plain sketch.
+    """
+    views = sketch_views.view(num_seeds, -1, *sketch_views.shape[1:])
+    if num_augs > 0 and views.shape[1] > 1:
+        views = views[:, 1:]
+    text = guide(views.flatten(0, 1)).view(num_seeds, -1).sum(dim=1)
+    return {**terms, "text": text, "loss": terms["loss"] + weight * text}

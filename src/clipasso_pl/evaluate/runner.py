@@ -57,7 +57,7 @@ def sketch_store(cfg: DictConfig, run_dir: Path) -> Path:
 def run_jobs(cfg: DictConfig, jobs: list[Job]) -> dict[str, int]:
     """Run the jobs that have no sketch yet; returns counts of made / reused / resumed sketches."""
     from ..api import run_sketch
-    from ..callbacks import checkpoint_path
+    from ..runs import checkpoint_path
 
     made = reused = resumed = 0
     for i, job in enumerate(jobs, 1):

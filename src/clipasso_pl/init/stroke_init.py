@@ -131,3 +131,11 @@ class StrokeInit:
             f"StrokeInit(mode={self.mode!r}, model={self.model_name!r}, pretrained={self.pretrained!r}, "
             f"temperature={self.temperature}, radius={self.radius})"
         )
+
+
+def seed_inits(init, target: Tensor, generators: list[torch.Generator], total: int, num_points: int) -> list:
+    """Each seed's InitResult of ``total`` strokes of ``num_points`` points, drawn by ``init`` (a
+    StrokeInit) from target [3, H, W] with that seed's generator: all stages' starts in one draw
+    without replacement, as the official code samples them."""
+    extra = {} if num_points == 4 else {"num_points": num_points}
+    return [init(target, total, g, **extra) for g in generators]

@@ -156,9 +156,9 @@ class SceneRunner:
             hidden=cfg.hidden, offset_scale=cfg.offset_scale, gradnorm=cfg.gradnorm, **kwargs)
 
     def fit(self, module: SceneSketchModule, folder: Path, steps: int, callbacks: list) -> float:
-        from ..api import build_logger
-        from ..callbacks import LayerLossLogger
-        from ..module import step_loader
+        from ..runs import build_logger
+        from ..callbacks.loss_logger import LayerLossLogger
+        from ..steps import step_loader
 
         logger = build_logger(self.cfg, folder)
         trainer = instantiate(self.cfg.trainer, max_steps=steps, callbacks=[LayerLossLogger(), *callbacks, *self.callbacks],
@@ -219,7 +219,7 @@ class SceneRunner:
             steps = fid.foreground_steps_deep if layer >= fid.deep_layer else fid.foreground_steps
         callbacks = []
         if cfg.save_interval > 0:
-            from ..callbacks import SketchSnapshot
+            from ..callbacks.files import SketchSnapshot
 
             callbacks.append(SketchSnapshot(cfg.save_interval))
         seconds = self.fit(module, folder, steps, callbacks)
@@ -360,7 +360,7 @@ def run_scene(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = Non
     """Run (or resume) the scene matrix of ``cfg.target``; returns the summary written to summary.json.
 
     ``callbacks``: extra Lightning callbacks for every stage (the web app's watcher)."""
-    from ..api import ensure_writable
+    from ..runs import ensure_writable
 
     validate(cfg)
     root = Path(cfg.matrix_dir or run_dir)

@@ -131,3 +131,27 @@ def gradnorm_weights(losses: dict[str, Tensor], params: list[list[Tensor]]) -> d
     G = g.sum(0)
     w = torch.where(G > 0, (G - g) / ((n - 1) * G.clamp_min(1e-30)), torch.full_like(g, 1.0 / n))
     return {name: w[i].detach() for i, name in enumerate(names)}
+
+
+def combine_terms(raw: dict[str, Tensor], coefficients: dict[str, float], clip_keys, weights: dict[str, Tensor] | None,
+                  ratio: float | None) -> dict[str, Tensor]:
+    """Raw terms (each [S]) -> every logged term and the total ``loss`` = sum c_i w_i L_i (+ ratio).
+
+    coefficients: c_i per balanced term; clip_keys: the CLIP block terms summed as ``clip``;
+    weights: the gradnorm weights w_i (each [S]) or None (all 1); ratio: the simplicity level's
+    target ratio (adds ``ratio`` = :func:`ratio_loss` of ``sparsity`` and ``clip``), None in fidelity.
+    """
+    terms = dict(raw)
+    clip = sum(raw[k] for k in clip_keys)
+    terms["clip"] = clip
+    total = 0.0
+    for key, c in coefficients.items():
+        w = weights[key] if weights is not None else 1.0
+        total = total + c * w * raw[key]
+        if weights is not None:
+            terms[f"weight/{key}"] = weights[key].expand_as(raw[key])
+    if ratio is not None:
+        terms["ratio"] = ratio_loss(raw["sparsity"], clip, ratio)
+        total = total + terms["ratio"]
+    terms["loss"] = total
+    return terms

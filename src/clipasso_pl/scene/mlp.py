@@ -150,3 +150,12 @@ def seeded(module_factory, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return module_factory()
+
+
+def load_states(mlps: nn.ModuleList, states: dict | list[dict] | None) -> None:
+    """Load a state dict into every MLP of ``mlps`` (one shared, or a list of one per MLP); None: keep."""
+    if states is None:
+        return
+    states = states if isinstance(states, (list, tuple)) else [states] * len(mlps)
+    for mlp, state in zip(mlps, states):
+        mlp.load_state_dict(state)

@@ -12,80 +12,27 @@ Each step computes the loss terms, their gradnorm weights (see
 step ``t >= eval_start`` with ``(t - eval_start) % eval_interval == 0``, as the official code
 does: the sketch of that step (its points and its Gumbel-sampled keep-probabilities) is
 scored on the plain (sketch, target) pair, no augmentation, with that step's gradnorm
-weights; each evaluation is a :class:`SceneRecord`. After the update, the MLP weights (and,
-in simplicity levels, the Adam state) of candidate records are kept on the CPU so the chosen
-step can warm-start the next level: only each seed's best one when selecting by loss
-(fidelity), all of them when selecting by z-scores (simplicity), since that choice needs the
-whole run.
+weights; each evaluation is a :class:`clipasso_pl.scene.selection.SceneRecord`. After the
+update, the MLP weights (and, in simplicity levels, the Adam state) of candidate records are
+kept on the CPU so the chosen step can warm-start the next level (see
+:mod:`clipasso_pl.scene.selection`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from ..nonfinite import all_finite
+from ..optim import adam_state_on_cpu, load_adam_state, skip_nonfinite_step
+from ..sketching import SketchingModule
 from ..strokes import Strokes
-from .losses import SceneClipLoss, gradnorm_weights, inside_canvas, ratio_loss, sparsity_loss
-from ..module import skip_nonfinite_step
-from .mlp import LocationMLP, WidthMLP, from_unit, gumbel_uniforms, keep_probabilities, seeded, to_unit
+from .losses import SceneClipLoss, combine_terms, gradnorm_weights, inside_canvas, sparsity_loss
+from .mlp import LocationMLP, WidthMLP, from_unit, gumbel_uniforms, keep_probabilities, load_states, seeded, to_unit
+from .selection import CandidateStates, SceneRecord, cpu_state
 
 
-@dataclass
-class SceneRecord:
-    """One evaluation, of the sketch of training step ``step``.
-
-    terms: per-seed [S] values: ``loss`` (the stage's weighted total), ``clip`` (the unweighted
-        sum of the CLIP block terms), ``conv/block<i>`` (unweighted), ``weight/<term>`` (the
-        gradnorm weights used), and in simplicity levels ``sparsity``, ``ratio``, ``kept``.
-    points: [S, N, 4, 2] pixels; keep: [S, N] the step's sampled keep-probabilities (1 in fidelity).
-    """
-
-    step: int
-    terms: dict[str, Tensor]
-    points: Tensor
-    keep: Tensor
-
-
-def select_lowest(records: list[SceneRecord], key: str = "loss") -> tuple[int, int]:
-    """(seed index, record index) of the lowest ``key`` over every seed and evaluation."""
-    values = torch.stack([r.terms[key] for r in records])  # [R, S]
-    flat = int(torch.argmin(values))
-    return flat % values.shape[1], flat // values.shape[1]
-
-
-def zscore_table(records: list[SceneRecord], keys: tuple[str, ...] | list[str]) -> Tensor:
-    """[R, S] the summed z-scores of ``keys``, each standardised over one seed's evaluations.
-
-    As the official code does per run (one run = one seed): a key whose values never vary
-    within a seed contributes 0 there (the official code would divide by zero).
-    """
-    total = None
-    for key in keys:
-        v = torch.stack([r.terms[key] for r in records]).double()  # [R, S]
-        mean, std = v.mean(0, keepdim=True), v.std(0, unbiased=False, keepdim=True)
-        z = torch.where(std > 0, (v - mean) / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(v))
-        total = z if total is None else total + z
-    return total
-
-
-def select_zscore(records: list[SceneRecord], keys: tuple[str, ...] | list[str]) -> tuple[int, int]:
-    """(seed index, record index): each seed's best evaluation is its lowest summed z-score of
-    ``keys`` (the unweighted CLIP block terms and the sparsity); the winning seed is the one
-    whose best summed z-score is lowest."""
-    table = zscore_table(records, keys)  # [R, S]
-    best_value, best_index = table.min(0)  # [S]
-    seed = int(torch.argmin(best_value))
-    return seed, int(best_index[seed])
-
-
-def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
-class SceneSketchModule(pl.LightningModule):
+class SceneSketchModule(SketchingModule):
     """Optimises per-seed MLPs that place (and, with ``simplify``, thin out) N strokes.
 
     target: [3, H, W] in [0, 1]; clip: a ``ClipFeatures`` (ViT); loss: a :class:`SceneClipLoss`;
@@ -132,32 +79,25 @@ class SceneSketchModule(pl.LightningModule):
         stream_offset: int = 0,
         select: str = "lowest",
     ):
-        super().__init__()
-        if select not in ("lowest", "zscore"):
-            raise ValueError(f"select must be 'lowest' or 'zscore', got {select!r}")
-        self.seeds = list(seeds)
+        super().__init__(target, clip, renderer, seeds, int(eval_interval))
         S = len(self.seeds)
+        self.candidates = CandidateStates(S, select)
         if initial_points.ndim == 3:
             initial_points = initial_points.expand(S, -1, -1, -1)
         if initial_points.shape[0] != S or initial_points.shape[-2:] != (4, 2):
             raise ValueError(f"initial_points must be [N, 4, 2] or [{S}, N, 4, 2], got {tuple(initial_points.shape)}")
         self.num_strokes = N = initial_points.shape[1]
-        self.height, self.width = target.shape[-2:]
         self.half_width = float(half_width)
         self.lr, self.width_lr = float(lr), float(width_lr)
-        self.eval_start, self.eval_interval = int(eval_start), int(eval_interval)
+        self.eval_start = int(eval_start)
         self.simplify = simplify
         self.ratio = float(ratio)
         self.temperature = float(temperature)
         self.keep_threshold = float(keep_threshold)
         self.gradnorm = bool(gradnorm)
         self.sparsity_weight = float(sparsity_weight)
-        self.select = select
-        self.clip = clip.requires_grad_(False).eval()
         self.loss_fn = loss
         self.augment = augment
-        self.renderer = renderer
-        self.register_buffer("target", target[None].float())
         side = torch.tensor([float(self.width), float(self.height)])
         self.register_buffer("side", side)
         self.register_buffer("initial", to_unit(initial_points.float(), side).reshape(S, N * 8).clone())
@@ -165,11 +105,11 @@ class SceneSketchModule(pl.LightningModule):
         mask = torch.ones(N, dtype=torch.bool) if keep_mask is None else keep_mask.bool().clone()
         self.register_buffer("keep_mask", mask)
         self.locations = nn.ModuleList(seeded(lambda: LocationMLP(N, hidden, offset_scale), s) for s in self.seeds)
-        self._load(self.locations, location_states)
+        load_states(self.locations, location_states)
         self.widths = None
         if simplify:
             self.widths = nn.ModuleList(seeded(lambda: WidthMLP(N, hidden, width_init), s) for s in self.seeds)
-            self._load(self.widths, width_states)
+            load_states(self.widths, width_states)
         # Strokes that start off the canvas never count (the official out-of-canvas mask, set once).
         with torch.no_grad():
             self.register_buffer("inside", inside_canvas(self.current_points(), self.height, self.width))
@@ -177,26 +117,8 @@ class SceneSketchModule(pl.LightningModule):
         self.generators = [torch.Generator().manual_seed(int(s) + int(stream_offset)) for s in self.seeds]
         self.weights: dict[str, Tensor] | None = None  # the gradnorm weights of the latest step
         self.records: list[SceneRecord] = []
-        self.states: dict[tuple[int, int], dict] = {}  # (seed index, step) -> MLP weights (+ Adam state)
-        self._best_lowest: list[float] = [float("inf")] * S
-        self.last_train: dict[str, Tensor] | None = None
-        self.last_eval: SceneRecord | None = None
         self._target_feats: dict[str, Tensor] | None = None
         self._optimizer = None
-        self.step_finite: Tensor | None = None  # [] bool: this step's total loss is finite
-        self.strict_loading = False
-
-    @staticmethod
-    def _load(mlps: nn.ModuleList, states) -> None:
-        if states is None:
-            return
-        states = states if isinstance(states, (list, tuple)) else [states] * len(mlps)
-        for mlp, state in zip(mlps, states):
-            mlp.load_state_dict(state)
-
-    def state_dict(self, *args, **kwargs):
-        sd = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in sd.items() if not k.startswith("clip.")}
 
     # ------------------------------------------------------------- strokes
     def current_points(self) -> Tensor:
@@ -234,7 +156,7 @@ class SceneSketchModule(pl.LightningModule):
     def render(self, points: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
         """Sketch pixels [S, 3, H, W], in float32 even under a mixed-precision trainer (as SketchModule.render:
         a coverage rounded to 1 would make the log-sum compositing -inf)."""
-        with torch.autocast(self.device.type, enabled=False):
+        with self.full_precision():
             return self.renderer.render(self.strokes(points, keep), self.height, self.width)
 
     # ---------------------------------------------------------------- loss
@@ -266,21 +188,9 @@ class SceneSketchModule(pl.LightningModule):
         return coeffs
 
     def combine(self, raw: dict[str, Tensor], weights: dict[str, Tensor] | None) -> dict[str, Tensor]:
-        """raw terms -> every logged term and the total ``loss`` = sum c_i w_i L_i (+ ratio)."""
-        terms = dict(raw)
-        clip = sum(raw[k] for k in self.loss_fn.coefficients)
-        terms["clip"] = clip
-        total = 0.0
-        for key, c in self.coefficients().items():
-            w = weights[key] if weights is not None else 1.0
-            total = total + c * w * raw[key]
-            if weights is not None:
-                terms[f"weight/{key}"] = weights[key].expand_as(raw[key])
-        if self.simplify:
-            terms["ratio"] = ratio_loss(raw["sparsity"], clip, self.ratio)
-            total = total + terms["ratio"]
-        terms["loss"] = total
-        return terms
+        """raw terms -> every logged term and the total ``loss`` (see :func:`combine_terms`)."""
+        return combine_terms(raw, self.coefficients(), self.loss_fn.coefficients, weights,
+                             self.ratio if self.simplify else None)
 
     def eval_due(self, step: int) -> bool:
         return self.eval_interval > 0 and step >= self.eval_start and (step - self.eval_start) % self.eval_interval == 0
@@ -301,29 +211,13 @@ class SceneSketchModule(pl.LightningModule):
         self.records.append(record)
         return record
 
-    def _adam_state(self, i: int) -> list[dict] | None:
-        if self._optimizer is None:
-            return None
-        out = []
-        for p in self.seed_parameters(i):
-            state = self._optimizer.state.get(p, {})
-            out.append({k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in state.items()})
-        return out
-
-    def _keep_states(self, record: SceneRecord) -> None:
-        for i in range(len(self.seeds)):
-            if self.select == "lowest":
-                value = float(record.terms["loss"][i])
-                if not value < self._best_lowest[i]:
-                    continue
-                self._best_lowest[i] = value
-                for key in [k for k in self.states if k[0] == i]:
-                    del self.states[key]
-            self.states[(i, record.step)] = {
-                "location": _cpu_state(self.locations[i]),
-                "width": _cpu_state(self.widths[i]) if self.widths is not None else None,
-                "optimizer": self._adam_state(i) if self.simplify else None,
-            }
+    def seed_state(self, i: int) -> dict:
+        """Seed i's MLP weights (and, in simplicity levels, its Adam state) as CPU copies."""
+        return {
+            "location": cpu_state(self.locations[i]),
+            "width": cpu_state(self.widths[i]) if self.widths is not None else None,
+            "optimizer": adam_state_on_cpu(self._optimizer, self.seed_parameters(i)) if self.simplify else None,
+        }
 
     def selection_keys(self) -> list[str]:
         """The terms the z-score selection standardises: the unweighted CLIP blocks and the sparsity."""
@@ -331,12 +225,7 @@ class SceneSketchModule(pl.LightningModule):
 
     def best(self) -> tuple[int, SceneRecord, dict]:
         """(seed index, record, MLP weights) of the chosen evaluation."""
-        if self.select == "lowest":
-            seed_index, record_index = select_lowest(self.records)
-        else:
-            seed_index, record_index = select_zscore(self.records, self.selection_keys())
-        record = self.records[record_index]
-        return seed_index, record, self.states[(seed_index, record.step)]
+        return self.candidates.choose(self.records, self.selection_keys())
 
     # ------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
@@ -363,21 +252,18 @@ class SceneSketchModule(pl.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer_closure()  # training_step + backward
-        ok = self.step_finite
-        for p in self.parameters():
-            if p.grad is not None:
-                ok = ok & torch.isfinite(p.grad).all()
+        ok = all_finite(self.step_finite, self.parameters())
         # No parameter and no Adam state changes on a non-finite step, as when the step was skipped.
         skip_nonfinite_step(optimizer, ok, ok.new_ones(len(self.seeds)), [])
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # The weights (and Adam state) after this step's update go with its evaluation.
         if self.last_eval is not None:
-            self._keep_states(self.last_eval)
+            self.candidates.keep(self.last_eval, self.seed_state)
 
     def on_train_end(self) -> None:
         if not self.records:  # no step was due for evaluation: the last state is the only candidate
-            self._keep_states(self.evaluate(int(self.global_step)))
+            self.candidates.keep(self.evaluate(int(self.global_step)), self.seed_state)
 
     def configure_optimizers(self):
         groups = [{"params": [p for m in self.locations for p in m.parameters()], "lr": self.lr}]
@@ -387,18 +273,8 @@ class SceneSketchModule(pl.LightningModule):
         if self.optimizer_state is not None:
             # The previous level's chosen seed's Adam state, for every seed (the official carry-over).
             for i in range(len(self.seeds)):
-                params = self.seed_parameters(i)
-                if len(params) != len(self.optimizer_state):
-                    raise ValueError(f"optimizer_state has {len(self.optimizer_state)} entries, seed {i} has "
-                                     f"{len(params)} parameters")
-                for p, state in zip(params, self.optimizer_state):
-                    # A fused Adam keeps its step count as a float32 tensor on the parameter's device.
-                    self._optimizer.state[p] = {k: (v.clone().to(p.device, torch.float32 if k == "step" else v.dtype)
-                                                    if torch.is_tensor(v) else v) for k, v in state.items()}
+                load_adam_state(self._optimizer, self.seed_parameters(i), self.optimizer_state, f"seed {i}")
         return self._optimizer
-
-    def on_train_start(self) -> None:
-        self.clip.eval()
 
     def keep_vector(self, keep: Tensor) -> Tensor:
         """[N] bool: strokes written to the SVG (sampled keep-probability > threshold, never a dropped one)."""
