@@ -1,4 +1,4 @@
-"""The callback contract (clipasso_pl.contract): both sketching LightningModules, built from the
+"""The callback contract (clipasso_pl.training.contract): both sketching LightningModules, built from the
 tiny configs, carry every member the callbacks read, with its type, before and after training.
 
 Tiny random-weight models, CPU, no network.
@@ -14,12 +14,12 @@ from PIL import Image, ImageDraw
 
 from clipasso_pl.api import build_module
 from clipasso_pl.config import compose
-from clipasso_pl.contract import Evaluation, PointSketcher, Sketcher
-from clipasso_pl.nonfinite import NonfiniteSteps
+from clipasso_pl.training.contract import Evaluation, PointSketcher, Sketcher
+from clipasso_pl.training.nonfinite import NonfiniteSteps
 from clipasso_pl.scene.driver import SceneRunner
 from clipasso_pl.scene.inputs import prepare_inputs
 from clipasso_pl.sketch_target import config_target
-from clipasso_pl.steps import step_loader
+from clipasso_pl.training.steps import step_loader
 from clipasso_pl.strokes import Strokes
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "clipasso_pl"

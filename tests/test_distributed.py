@@ -55,7 +55,7 @@ def test_ddp_early_stop_ends_both_ranks_at_the_same_step(tmp_path):
 
 RANK0_SCRIPT = """
 import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
-from clipasso_pl.ddp import from_rank0
+from clipasso_pl.training.ddp import from_rank0
 
 def run(rank, port):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

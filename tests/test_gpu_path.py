@@ -18,7 +18,7 @@ from clipasso_pl.api import build_module, build_trainer, run_sketch
 from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
-from clipasso_pl.steps import step_loader
+from clipasso_pl.training.steps import step_loader
 from cli_runs import ENV, cli
 
 TARGET = "skimage:coffee"

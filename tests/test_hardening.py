@@ -12,7 +12,7 @@ from clipasso_pl.api import build_module, build_trainer, run_sketch
 from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
-from clipasso_pl.steps import step_loader
+from clipasso_pl.training.steps import step_loader
 from clipasso_pl.strokes import read_svg
 from cli_runs import cli, kill_after_first_checkpoint, one_line_error
 
@@ -170,7 +170,7 @@ def test_resume_of_a_directory_without_checkpoint(tmp_path):
 def test_skipped_step_keeps_every_parameter_and_adam_state_and_a_stopped_seed_keeps_its_strokes():
     """The fused Adam's on-device skip: a non-finite step changes nothing (parameters, moments, step
     count), and a stopped seed does not move though its momentum is nonzero; no clones needed."""
-    from clipasso_pl.optim import skip_nonfinite_step
+    from clipasso_pl.training.optim import skip_nonfinite_step
 
     points = torch.nn.Parameter(torch.rand(2, 3, 4, 2))
     adam = torch.optim.Adam([points], lr=0.1, fused=True)

@@ -92,7 +92,7 @@ def small_cfg(photo, **values):
 
 
 def train_points(cfg, tmp_path) -> torch.Tensor:
-    from clipasso_pl.steps import step_loader
+    from clipasso_pl.training.steps import step_loader
     from clipasso_pl.api import build_trainer
     from hydra.utils import instantiate
 

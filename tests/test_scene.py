@@ -220,7 +220,7 @@ def test_default_config_resolves_and_reproduces_the_paper():
 def _fit(module, steps):
     import pytorch_lightning as pl
 
-    from clipasso_pl.steps import step_loader
+    from clipasso_pl.training.steps import step_loader
 
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")

@@ -18,7 +18,7 @@ from clipasso_pl.errors import ClipassoError
 from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
 from clipasso_pl.init import StrokeInit
-from clipasso_pl.steps import step_loader
+from clipasso_pl.training.steps import step_loader
 from clipasso_pl.render import render_strokes
 from clipasso_pl.render.renderers import TorchRenderer
 from clipasso_pl.strokes import Strokes, cubic_segments, read_strokes, svg_string, write_svg

@@ -21,7 +21,7 @@ from PIL import Image
 from clipasso_pl.api import build_module, build_trainer, target_path
 from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
-from clipasso_pl.steps import step_loader
+from clipasso_pl.training.steps import step_loader
 from clipasso_pl.sketch_target import load_sketch_target
 from clipasso_pl.syncs import StepRecord, SyncRecorderCallback
 

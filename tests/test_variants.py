@@ -17,7 +17,7 @@ from clipasso_pl.callbacks.stopping import EvalEarlyStopping
 from clipasso_pl.config import compose
 from clipasso_pl.images import resolve_target
 from clipasso_pl.sketch_target import load_target
-from clipasso_pl.steps import step_loader
+from clipasso_pl.training.steps import step_loader
 
 TARGET = "skimage:coffee"
 

@@ -199,7 +199,7 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = No
     Lightning callbacks after the configured ones (the web app's watcher).
     """
     from .callbacks.best import BestSketch
-    from .steps import step_loader
+    from .training.steps import step_loader
 
     launched = datetime.now().isoformat(timespec="milliseconds")
     ckpt = None

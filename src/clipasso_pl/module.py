@@ -13,15 +13,15 @@ from torch import Tensor, nn
 
 from .accel import StepCompiler
 from .clip.text import with_text_term
-from .ddp import from_rank0, rank_agreement, rank_generators
+from .training.ddp import from_rank0, rank_agreement, rank_generators
 from .init.stroke_init import seed_inits
-from .nonfinite import NonfiniteSteps, all_finite
-from .objective import augmented_terms, plain_terms
-from .optim import (freeze_earlier_strokes, optimizer_follows_device, points_adam, project_opacities,
+from .training.nonfinite import NonfiniteSteps, all_finite
+from .training.objective import augmented_terms, plain_terms
+from .training.optim import (freeze_earlier_strokes, optimizer_follows_device, points_adam, project_opacities,
                     skip_nonfinite_step)
-from .records import EvalRecord
-from .sketching import SketchingModule
-from .stages import StrokeStages, first_strokes
+from .training.records import EvalRecord
+from .training.sketching import SketchingModule
+from .training.stages import StrokeStages, first_strokes
 from .strokes import Strokes, points_per_stroke
 
 
@@ -38,7 +38,7 @@ class SketchModule(SketchingModule):
     group (``color_lr``), clamped to [0, 1] after every step; ``color_vars_threshold`` > 0
     then sets each opacity to 1 at or above it and to 0 below (the official line, which is
     commented out there, so 0 = off). ``num_stages`` > 1: stroke stages of ``stage_steps`` steps
-    (:class:`clipasso_pl.stages.StrokeStages`), M = strokes x num_stages, all start points drawn at
+    (:class:`clipasso_pl.training.stages.StrokeStages`), M = strokes x num_stages, all start points drawn at
     once as the official does.
 
     Every setting after ``seeds`` is keyword-only, and those that are config values have no

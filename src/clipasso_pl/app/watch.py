@@ -19,7 +19,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ..contract import Sketcher
+from ..training.contract import Sketcher
 
 
 class RunStopped(Exception):

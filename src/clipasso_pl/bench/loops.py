@@ -152,7 +152,7 @@ def trainer_loop(module, cfg: DictConfig, device: torch.device, warmup: int, ste
     from hydra.utils import instantiate
 
     from ..api import build_trainer
-    from ..steps import step_loader
+    from ..training.steps import step_loader
 
     times = StepTimes(device, warmup)
     # Instrument this instance (the real methods run): host time from training_step's start to the end

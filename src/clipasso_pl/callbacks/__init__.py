@@ -1,5 +1,5 @@
 """Lightning callbacks around the sketching modules; each reads the module only through
-:mod:`clipasso_pl.contract` and writes under the run directory from global rank 0.
+:mod:`clipasso_pl.training.contract` and writes under the run directory from global rank 0.
 
 files: ``SaliencyInit``, ``SketchSnapshot`` and the sketch-file helpers; best: ``BestSketch``;
 loss_logger: ``LayerLossLogger``; stopping: ``EvalEarlyStopping``, ``PeriodicCheckpoint``;

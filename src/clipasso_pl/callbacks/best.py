@@ -7,7 +7,7 @@ import json
 import pytorch_lightning as pl
 import torch
 
-from ..contract import PointSketcher
+from ..training.contract import PointSketcher
 from ..images import atomic_write_text
 from ..runs import run_dir, seed_dir
 from .files import save_sketch, seed_opacities

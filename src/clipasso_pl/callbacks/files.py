@@ -1,7 +1,7 @@
 """Sketch files: every seed's SVG/PNG snapshots, its final strokes, and the saliency map at initialisation.
 
 Written under the run directory (``runs.run_dir``), from global rank 0 only. ``SketchSnapshot``
-reads only the :class:`clipasso_pl.contract.Sketcher` members, so the scene writes its snapshots
+reads only the :class:`clipasso_pl.training.contract.Sketcher` members, so the scene writes its snapshots
 with it too.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..contract import PointSketcher, Sketcher
+from ..training.contract import PointSketcher, Sketcher
 from ..images import save_png
 from ..runs import run_dir, seed_dir
 from ..strokes import write_svg

@@ -7,7 +7,7 @@ import time
 import pytorch_lightning as pl
 import torch
 
-from ..contract import Sketcher
+from ..training.contract import Sketcher
 
 
 class LayerLossLogger(pl.Callback):

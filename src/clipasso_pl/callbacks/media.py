@@ -7,7 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..contract import PointSketcher
+from ..training.contract import PointSketcher
 from ..runs import run_dir
 from .best import BestSketch
 from .files import sketch_strokes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from ..contract import PointSketcher
+from ..training.contract import PointSketcher
 from ..runs import save_checkpoint
 
 

@@ -158,7 +158,7 @@ class SceneRunner:
     def fit(self, module: SceneSketchModule, folder: Path, steps: int, callbacks: list) -> float:
         from ..runs import build_logger
         from ..callbacks.loss_logger import LayerLossLogger
-        from ..steps import step_loader
+        from ..training.steps import step_loader
 
         logger = build_logger(self.cfg, folder)
         trainer = instantiate(self.cfg.trainer, max_steps=steps, callbacks=[LayerLossLogger(), *callbacks, *self.callbacks],

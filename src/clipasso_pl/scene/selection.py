@@ -26,7 +26,7 @@ class SceneRecord:
         gradnorm weights used), and in simplicity levels ``sparsity``, ``ratio``, ``kept``.
     points: [S, N, 4, 2] pixels; keep: [S, N] the step's sampled keep-probabilities (1 in fidelity).
     The scene trains no opacities, draws every stroke and keeps no renders: ``opacities``,
-    ``count`` and ``sketches`` are None (the members of :class:`clipasso_pl.contract.Evaluation`).
+    ``count`` and ``sketches`` are None (the members of :class:`clipasso_pl.training.contract.Evaluation`).
     """
 
     step: int

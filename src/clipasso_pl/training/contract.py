@@ -22,8 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from ..strokes import Strokes
 from .nonfinite import NonfiniteSteps
-from .strokes import Strokes
 
 
 @runtime_checkable

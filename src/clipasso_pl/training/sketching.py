@@ -2,7 +2,7 @@
 
 :class:`clipasso_pl.module.SketchModule` and :class:`clipasso_pl.scene.module.SceneSketchModule`
 derive from it. It holds the frozen CLIP, the renderer and the target, sets every member of
-:class:`clipasso_pl.contract.Sketcher` (an absent value is None), keeps the frozen towers out of
+:class:`clipasso_pl.training.contract.Sketcher` (an absent value is None), keeps the frozen towers out of
 the saved state, and gives the float32 region both use under a mixed-precision trainer.
 """
 

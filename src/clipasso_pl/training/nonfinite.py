@@ -1,7 +1,7 @@
 """Non-finite training steps: skipped, counted on the device, and fatal after ``max_nonfinite`` in a row.
 
 A step whose loss or gradient is not finite is skipped inside the fused Adam (see
-:func:`clipasso_pl.optim.skip_nonfinite_step`) without a host read. The counts stay on the device
+:func:`clipasso_pl.training.optim.skip_nonfinite_step`) without a host read. The counts stay on the device
 and are read on eval steps only (one host read), so counting adds no sync to a training step.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .errors import ClipassoError
+from ..errors import ClipassoError
 
 
 def all_finite(loss_ok: Tensor, params) -> Tensor:

@@ -1,6 +1,6 @@
 """EvalRecord: what one eval of :class:`clipasso_pl.module.SketchModule` leaves for the callbacks.
 
-It satisfies :class:`clipasso_pl.contract.Evaluation` (the scene's record is
+It satisfies :class:`clipasso_pl.training.contract.Evaluation` (the scene's record is
 :class:`clipasso_pl.scene.selection.SceneRecord`).
 """
 
