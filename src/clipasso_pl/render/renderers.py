@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..accel import host_side
 from ..errors import ClipassoError
 from ..strokes import Strokes
 from .capacity import Budget, Capacity
@@ -44,14 +45,23 @@ class TorchRenderer:
       and ``overflows`` (a 0-d device tensor: read it on eval steps only) counts it;
     - any other render (eval, snapshots, outputs: under ``no_grad``) is sized exactly from
       the strokes (a few host reads) and then refits ``budget`` to the largest needs seen
-      since the last refit, with headroom: so the eval steps keep the training steps' sizes
-      current, and an overflow is followed by larger sizes from the next eval step on.
+      since the last refit, with headroom.
+    Between eval steps the strokes grow (Adam moves every point by up to ``lr`` px a step), so
+    each static render also sends its needs to the host without waiting (a pinned buffer and an
+    event on CUDA) and the next static render refits ``budget`` from them once they have
+    arrived: an overflow then takes a jump of more than HEADROOM in one step. Sizes never change
+    a render's values (padding draws nothing), so when the refit lands does not matter. Under
+    ``compile=step`` the step is one graph and this per-step refit is off (sizes change on eval
+    steps only, so the graph is recompiled rarely).
     """
 
     def __init__(self, budget: Budget | None = None) -> None:
         self.budget = budget if budget is not None else Budget()
         self.peak: Tensor | None = None  # [6] float: per-stroke needs (windows: pixels), max since the last refit
         self.overflows: Tensor | None = None  # 0-d long: static renders that overflowed (NaN)
+        self._sent: Tensor | None = None  # [6]: the last static render's per-stroke needs, on the host
+        self._arrived = None  # torch.cuda.Event of that copy (None: a CPU copy, there at once)
+        self._unread = False  # whether ``_sent`` holds needs not yet refitted to
 
     def capacity(self, num_strokes: int, segments: int = 1) -> Capacity:
         """The static sizes for ``num_strokes`` one-cubic strokes (S x N x segments)."""
@@ -63,15 +73,41 @@ class TorchRenderer:
         args = (strokes.points, strokes.half_widths, strokes.opacities)
         num = strokes.num_sketches * strokes.num_strokes
         tracked = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+        per_step = tracked and num > 0 and not torch.compiler.is_compiling()
+        if per_step:
+            self._refit_from_sent()
         capacity = self.capacity(num, segments) if tracked and num > 0 else None
         rgb, needs, over = rasterize(*args, height, width, segments, capacity)
         per_stroke = torch.cat((needs[:4] / max(num, 1), needs[4:])).detach()
         if capacity is not None:
             self.peak = per_stroke if self.peak is None else torch.maximum(self.peak, per_stroke)
             self.overflows = over.long() if self.overflows is None else self.overflows + over
+            if per_step:
+                self._send(per_stroke)
         elif num > 0:
             self.refit(per_stroke)
         return rgb
+
+    def _send(self, per_stroke: Tensor) -> None:
+        """Start copying ``per_stroke`` [6] to the host; on CUDA without blocking (pinned memory)."""
+        self._unread = True
+        if per_stroke.device.type != "cuda":
+            self._sent, self._arrived = per_stroke.float(), None
+            return
+        if self._sent is None or not self._sent.is_pinned():
+            self._sent = torch.empty(per_stroke.shape, dtype=torch.float32, pin_memory=True)
+        self._sent.copy_(per_stroke, non_blocking=True)
+        self._arrived = torch.cuda.Event()
+        self._arrived.record()
+
+    def _refit_from_sent(self) -> None:
+        """Refit ``budget`` to the last sent needs if they have reached the host (never waits)."""
+        if not self._unread or (self._arrived is not None and not self._arrived.query()):
+            return
+        with host_side():  # host memory: a read, not a device sync
+            top = self._sent.tolist()
+        self._unread = False
+        self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])))
 
     def refit(self, per_stroke: Tensor | None = None) -> Budget:
         """Refit ``budget`` to the peak needs of the static renders since the last refit and
