@@ -56,6 +56,7 @@ def test_cli_writes_every_output(smoke_run):
                 "renderer", "clip_model", "clip_weights"]:
         assert key in summary, key
     assert summary["best_seed"] in (0, 1000) and summary["steps_run"] == 20
+    assert summary["skipped_steps"] == 0 and "skipped" not in res.stdout  # 5 of the first 10 were, with per-eval sizing
     assert summary["clip_model"] == "tiny-rn" and summary["clip_weights"] == "random"
     per_seed = summary["per_seed"][str(summary["best_seed"])]
     assert summary["best_loss"] == min(v["best_loss"] for v in summary["per_seed"].values()) == per_seed["best_loss"]

@@ -230,6 +230,8 @@ def run_sketch(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = No
     summary: dict[str, Any] = {
         **(best.summary(module) if best else {}),
         "steps_run": steps_run,
+        # steps whose loss or gradient was non-finite (a static render that overflowed included): not applied
+        "skipped_steps": int(module.nonfinite.total) if module.nonfinite is not None else 0,
         "seconds_per_step": wall / max(steps_run, 1),
         "wall_time_s": wall,
         "renderer": type(module.renderer).__name__,

@@ -84,6 +84,8 @@ def sketch_main(cfg, run_dir: Path) -> dict:
     elif s.get("best_is_final"):
         print(f"sketch: {result.best_svg} (no evals: the final strokes of seed {s['best_seed']}; "
               f"{s['seconds_per_step']:.3f} s/step)")
+    if s.get("skipped_steps"):
+        print(f"note: {s['skipped_steps']} of {s['steps_run']} steps were skipped as non-finite (see train/nonfinite_steps)")
     return s
 
 
