@@ -128,17 +128,21 @@ SKETCH_OPTION_KEYS = {k: replace(v, doc="configs/sketch_options.yaml") for k, v 
     "cudnn_benchmark": Bool(),
 }.items()}
 
-# The settings of a sketch run (`sketch`; `evaluate` and `bench` compose sketch.yaml).
-SKETCH_RUN_KEYS = {
-    **CLIP_KEYS, **CLIP_WEIGHT_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **CALLBACK_KEYS,
-    **AUGMENT_KEYS,
+# What every sketching command (`sketch`, `scene`) has, with the same meaning and range.
+SHARED_RUN_KEYS = {
+    **CLIP_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **AUGMENT_KEYS,
     "experiment": Str(null=True, num=True),
-    "fix_scale": Bool(),
     "canvas": Int(ge=8),
     "half_width": Float(gt=0),
     "seeds": SEEDS,
-    "steps": Int(ge=1),
     "lr": Float(gt=0),
+}
+
+# The settings of a sketch run (`sketch`; `evaluate` and `bench` compose sketch.yaml).
+SKETCH_RUN_KEYS = {
+    **SHARED_RUN_KEYS, **CLIP_WEIGHT_KEYS, **CALLBACK_KEYS,
+    "fix_scale": Bool(),
+    "steps": Int(ge=1),
     "eval_interval": Int(ge=0),
     "save_interval": Int(ge=0),
     "log_image_interval": Int(ge=0),
@@ -179,9 +183,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "eval.paper": Str(null=True),
     },  # (the sketch keys are added below)
     "scene": {
-        **CLIP_KEYS, **INIT_KEYS, **RENDERER_KEYS, **LOGGER_KEYS, **TRAINER_KEYS, **AUGMENT_KEYS,
+        **SHARED_RUN_KEYS,
         "target": PATH,
-        "experiment": Str(null=True, num=True),
         "mask": PATH,
         "background": PATH,
         "mask_model": Str(null=True),
@@ -194,13 +197,9 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "lama_weights": PATH,
         "resize_obj": Bool(),
         "object_fraction": Float(gt=0, le=1),
-        "canvas": Int(ge=8),
         "combined_size": Int(ge=8),
         "combined_width_scale": Float(gt=0),
         "strokes": Int(ge=1),
-        "half_width": Float(gt=0),
-        "seeds": SEEDS,
-        "lr": Float(gt=0),
         "width_lr": Float(gt=0),
         "hidden": Int(ge=1),
         "offset_scale": Float(ge=0),
