@@ -124,6 +124,8 @@ def test_budget_sizes_grow_on_a_grid_with_hysteresis():
     grown = b.fit([b.chords * 2, b.patch, b.pairs * 0.1, 0.0], (12, 9))
     assert grown.chords == b.chords * 2 * Budget.HEADROOM and grown.pairs == b.pairs * 0.1 * Budget.HEADROOM
     assert grown.window == (12, 9) and grown.path_patch == b.path_patch
+    # a training step's needs only grow the sizes (pairs fell to 0.1 of the size: kept)
+    assert b.fit([b.chords * 2, b.patch, b.pairs * 0.1, 0.0], b.window, shrink=False).pairs == b.pairs
     with pytest.raises(ValueError, match="positive integers"):
         Capacity(0, 1, 1, 1, (10, 8))
 

@@ -105,15 +105,16 @@ class Budget:
         return Capacity(_grid(self.chords * b), _grid(self.patch * b), _grid(self.pairs * b),
                         _grid(path * b), tuple(int(w) for w in self.window))
 
-    def fit(self, per_stroke: list[float], window: tuple[int, int]) -> "Budget":
+    def fit(self, per_stroke: list[float], window: tuple[int, int], shrink: bool = True) -> "Budget":
         """A budget for measured per-stroke needs (chords, patch, pairs, path_patch) and window.
 
-        Each size is kept while its need stays between SHRINK and GROW of it, else set to the
-        need times HEADROOM; the window only grows."""
+        Each size is kept while its need stays between SHRINK and GROW of it (or just below GROW
+        of it, with ``shrink=False``), else set to the need times HEADROOM; the window only grows."""
         sizes = []
         for have, need, floor in zip((self.chords, self.patch, self.pairs, self.path_patch), per_stroke, self.FLOOR):
             need = float(need)
-            keep = self.SHRINK * have <= need <= self.GROW * have or need == 0  # 0: not measured (segments = 1)
+            low = self.SHRINK * have if shrink else 0.0
+            keep = low <= need <= self.GROW * have or need == 0  # 0: not measured (segments = 1)
             sizes.append(have if keep else max(need * self.HEADROOM, floor))
         win = (max(self.window[0], int(window[0])), max(self.window[1], int(window[1])))
         return Budget(*sizes, window=win)

@@ -48,8 +48,9 @@ class TorchRenderer:
       since the last refit, with headroom.
     Between eval steps the strokes grow (Adam moves every point by up to ``lr`` px a step), so
     each static render also sends its needs to the host without waiting (a pinned buffer and an
-    event on CUDA) and the next static render refits ``budget`` from them once they have
-    arrived: an overflow then takes a jump of more than HEADROOM in one step. Sizes never change
+    event on CUDA) and the next static render grows ``budget`` from them once they have
+    arrived (it never shrinks there): an overflow then takes a jump of more than HEADROOM in one
+    step. Sizes never change
     a render's values (padding draws nothing), so when the refit lands does not matter. Under
     ``compile=step`` the step is one graph and this per-step refit is off (sizes change on eval
     steps only, so the graph is recompiled rarely).
@@ -107,7 +108,9 @@ class TorchRenderer:
         with host_side():  # host memory: a read, not a device sync
             top = self._sent.tolist()
         self._unread = False
-        self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])))
+        # Grow only: a training step's needs are one sample (a scene's MLP can jump between steps); the
+        # exact renders of eval steps are where sizes may also shrink.
+        self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])), shrink=False)
 
     def refit(self, per_stroke: Tensor | None = None) -> Budget:
         """Refit ``budget`` to the peak needs of the static renders since the last refit and
