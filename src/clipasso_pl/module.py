@@ -13,16 +13,16 @@ from torch import Tensor, nn
 
 from .accel import StepCompiler
 from .clip.text import with_text_term
-from .training.ddp import from_rank0, rank_agreement, rank_generators
 from .init.stroke_init import seed_inits
+from .strokes import Strokes, points_per_stroke
+from .training.ddp import from_rank0, rank_agreement, rank_generators
 from .training.nonfinite import NonfiniteSteps, all_finite
 from .training.objective import augmented_terms, plain_terms
 from .training.optim import (freeze_earlier_strokes, optimizer_follows_device, points_adam, project_opacities,
-                    skip_nonfinite_step)
+                             skip_nonfinite_step)
 from .training.records import EvalRecord
 from .training.sketching import SketchingModule
 from .training.stages import StrokeStages, first_strokes
-from .strokes import Strokes, points_per_stroke
 
 
 class SketchModule(SketchingModule):

@@ -7,9 +7,9 @@ import json
 import pytorch_lightning as pl
 import torch
 
-from ..training.contract import PointSketcher
 from ..images import atomic_write_text
 from ..runs import run_dir, seed_dir
+from ..training.contract import PointSketcher
 from .files import save_sketch, seed_opacities
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..training.contract import PointSketcher, Sketcher
 from ..images import save_png
 from ..runs import run_dir, seed_dir
 from ..strokes import write_svg
+from ..training.contract import PointSketcher, Sketcher
 
 
 def sketch_strokes(module: Sketcher, points: torch.Tensor, opacities: torch.Tensor | None = None,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..training.contract import PointSketcher
 from ..runs import run_dir
+from ..training.contract import PointSketcher
 from .best import BestSketch
 from .files import sketch_strokes
 

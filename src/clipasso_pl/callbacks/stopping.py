@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from ..training.contract import PointSketcher
 from ..runs import save_checkpoint
+from ..training.contract import PointSketcher
 
 
 class EvalEarlyStopping(pl.Callback):

@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..strokes import Strokes
 from ..training.nonfinite import all_finite
 from ..training.optim import adam_state_on_cpu, load_adam_state, skip_nonfinite_step
 from ..training.sketching import SketchingModule
-from ..strokes import Strokes
 from .losses import SceneClipLoss, combine_terms, gradnorm_weights, inside_canvas, sparsity_loss
 from .mlp import LocationMLP, WidthMLP, from_unit, gumbel_uniforms, keep_probabilities, load_states, seeded, to_unit
 from .selection import CandidateStates, SceneRecord, cpu_state
