@@ -40,6 +40,22 @@ def test_ddp_from_the_installed_command_runs_every_step_on_both_ranks(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_scene_trains_on_both_ranks_and_rank0_alone_writes(tmp_path):
+    """`clipasso-pl scene` under DDP: rank 1 trains every stage in step with rank 0 (it warm-starts each
+    level from its own memory, since it writes nothing to read back) and rank 0 alone writes and reports."""
+    from test_scene import make_scene
+
+    scene = make_scene(tmp_path / "scene.png")
+    run = tmp_path / "ddp"
+    res = cli("scene", *DDP, f"target={scene}", f"hydra.run.dir={run}", timeout=400, env={"LAMA_MODEL": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] and summary["cells_done"] == summary["cells_total"] == 4
+    assert res.stdout.count("scene matrix:") == 1 and res.stdout.count("fidelity:") == 2  # rank 0 reports
+    only_rank0_wrote(run)
+
+
+@pytest.mark.slow
 def test_ddp_early_stop_ends_both_ranks_at_the_same_step(tmp_path):
     """lr ~ 0: the eval loss stops moving, so the run stops at the second calm eval (step 6) on both ranks.
     Through `python -m` (the other way to start it); a rank stopping alone would hang the other: the timeout."""

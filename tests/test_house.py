@@ -28,8 +28,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("training: the LightningModules, their contract and parts, the callbacks, run plumbing",
      ("runs", "training", "module", "scene.module", "scene", "callbacks")),
     ("runs: building and running a command, reports",
-     ("api", "bench", "report", "scene.driver", "scene.matrix", "evaluate", "evaluate.runner", "evaluate.report",
-      "evaluate.baseline")),
+     ("api", "bench", "report", "scene.driver", "scene.matrix", "scene.store", "evaluate", "evaluate.runner",
+      "evaluate.report", "evaluate.baseline")),
     ("entry points: the CLI and the web app", ("cli", "app")),
 ]
 MAX_MODULE_LINES = 400

@@ -319,7 +319,8 @@ def test_adam_step_counter_keeps_growing_when_a_level_loads_the_previous_state()
 
 
 def test_composite_erases_background_inside_the_object_and_scales_widths(tmp_path, scene_png):
-    from clipasso_pl.scene.driver import SceneRunner, Stage
+    from clipasso_pl.scene.driver import SceneRunner
+    from clipasso_pl.scene.store import Stage
     from clipasso_pl.scene.inputs import prepare_inputs
 
     cfg = compose("scene", ["preset=smoke", f"target={scene_png}"])

@@ -81,6 +81,15 @@ def build_logger(cfg: DictConfig, run_dir: Path):
 
 
 # ----------------------------------------------------------------- checkpoints
+def writes_outputs() -> bool:
+    """Whether this process writes a run's files: global rank 0. Lightning sets the rank from the
+    launcher's environment at import and again when a strategy sets up, so it holds before the
+    first Trainer exists (the scene runs many)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def checkpoint_path(run: Path) -> Path:
     """The checkpoint a run resumes from: ``<run>/checkpoints/last.ckpt``."""
     return Path(run) / "checkpoints" / "last.ckpt"

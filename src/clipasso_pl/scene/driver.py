@@ -6,38 +6,28 @@ background sketches of that cell are composited. Every stage writes ``done.json`
 (atomically), so a rerun with the same ``matrix_dir`` skips finished stages; ``cells=``
 picks rows or cells, so sweep jobs can share one ``matrix_dir`` and spread its rows over
 GPUs. The matrix picture and ``summary.json`` are rebuilt from what is on disk after
-every run.
+every run (:mod:`.store`). Under DDP every rank trains every stage in step; rank 0 alone
+writes files and reports.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
-from ..errors import ClipassoError
-from ..images import atomic_write_bytes, atomic_write_text, resolve_target, save_png
+from ..images import atomic_write_text, resolve_target, save_png
 from ..strokes import Strokes, write_svg
 from .inputs import PARTS, SceneInputs, prepare_inputs
 from .losses import SceneClipLoss, block_name
-from .matrix import cell_dir, matrix_picture, parse_cells
+from .matrix import cell_dir, parse_cells, write_matrix
 from .module import SceneSketchModule
 from .ratios import simplicity_ratios, step_size
-
-# Keys that do not change what a finished stage contains (so they may differ between runs
-# sharing a matrix_dir).
-_VOLATILE = ("cells", "matrix_dir", "layers", "levels", "logger", "trainer", "save_interval", "tile_size", "hydra",
-             "experiment")
-
+from .store import Stage, check_matrix_dir, collect, load_stage, save_torch
 
 # ----------------------------------------------------------------- config checks
 def validate(cfg: DictConfig) -> DictConfig:
@@ -47,86 +37,21 @@ def validate(cfg: DictConfig) -> DictConfig:
     return check(cfg, "scene")
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """A hash of every setting that shapes a stage's result."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data = {k: v for k, v in data.items() if k not in _VOLATILE}
-    data["target"] = str(resolve_target(cfg.target))
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def check_matrix_dir(root: Path, cfg: DictConfig) -> str:
-    """Refuse a matrix_dir made with other settings; record ours in ``scene.json``."""
-    fp = fingerprint(cfg)
-    meta = root / "scene.json"
-    if meta.is_file():
-        try:
-            old = json.loads(meta.read_text()).get("fingerprint")
-        except (OSError, ValueError):
-            old = None
-        if old is not None and old != fp:
-            raise ClipassoError(f"matrix_dir {root} holds cells made with other settings: pass a new matrix_dir "
-                                "(or the same settings as before) to avoid mixing them")
-    else:
-        atomic_write_text(meta, json.dumps({"fingerprint": fp, "target": str(resolve_target(cfg.target))}, indent=2) + "\n")
-    return fp
-
-
-# ------------------------------------------------------------------ stages
-@dataclass
-class Stage:
-    """A finished stage (one part at the fidelity level or one simplicity level).
-
-    points: [N, 4, 2] and half_widths: [N] of every stroke at the chosen step (canvas px);
-    kept: [N] bool, the strokes written to the SVG; meta: what done.json holds.
-    """
-
-    folder: Path
-    meta: dict
-    points: torch.Tensor
-    half_widths: torch.Tensor
-    kept: torch.Tensor
-
-    @property
-    def loss(self) -> float:
-        return float(self.meta["loss"])
-
-    def state(self) -> dict:
-        """The MLP weights etc. to warm-start the next level (read on demand: they are large)."""
-        return torch.load(self.folder / "state.pt", map_location="cpu", weights_only=True)
-
-
-def load_stage(folder: Path, fp: str) -> Stage | None:
-    """The stage finished in ``folder``, or None when it has not finished."""
-    done = folder / "done.json"
-    if not done.is_file():
-        return None
-    meta = json.loads(done.read_text())
-    if meta.get("fingerprint") != fp:
-        raise ClipassoError(f"{folder} was made with other settings: pass a new matrix_dir or delete that folder")
-    sketch = torch.load(folder / "sketch.pt", map_location="cpu", weights_only=True)
-    return Stage(folder, meta, sketch["points"], sketch["half_widths"], sketch["kept"])
-
-
 def object_mask_at(mask: torch.Tensor, size: int) -> torch.Tensor:
     """The object mask [H, W] bool resized (nearest) to [size, size]."""
     resized = torch.nn.functional.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")
     return resized[0, 0] > 0.5
 
 
-def save_torch(path: Path, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 class SceneRunner:
     """Runs and resumes the stages of one scene; holds the shared CLIP, renderer and inputs."""
 
-    def __init__(self, cfg: DictConfig, root: Path, inputs: SceneInputs, fp: str, callbacks: list | None = None):
+    def __init__(self, cfg: DictConfig, root: Path, inputs: SceneInputs, fp: str, callbacks: list | None = None,
+                 writes: bool = True):
         from ..clip import ClipFeatures
 
         self.cfg, self.root, self.inputs, self.fp = cfg, root, inputs, fp
+        self.writes = writes  # False on a DDP rank > 0: it trains every stage in step with rank 0, writes nothing
         self.callbacks = list(callbacks or [])  # extra callbacks of every stage (the web app's watcher)
         self.canvas = cfg.canvas
         self.clip = ClipFeatures(cfg.clip.model, cfg.clip.pretrained)
@@ -174,12 +99,8 @@ class SceneRunner:
         points, keep = record.points[seed_index], record.keep[seed_index]
         kept = module.keep_vector(keep)
         half_widths = keep * module.half_width
-        self.write_sketch(stem, points[kept], half_widths[kept], self.canvas)
-        save_torch(folder / "state.pt", {
-            "initial_points": initial_points, "location": states["location"], "width": states["width"],
-            "optimizer": states["optimizer"], "keep_mask": kept,
-        })
-        save_torch(folder / "sketch.pt", {"points": points, "half_widths": half_widths, "kept": kept})
+        state = {"initial_points": initial_points, "location": states["location"], "width": states["width"],
+                 "optimizer": states["optimizer"], "keep_mask": kept}
         terms = {k: float(v[seed_index]) for k, v in record.terms.items()}
         meta = {
             **meta, "part": part, "loss": terms["clip"], "total": terms["loss"], "terms": terms,
@@ -188,9 +109,13 @@ class SceneRunner:
             "seconds": seconds, "seconds_per_step": seconds / max(steps, 1),
             "sketch": stem.name + ".svg", "fingerprint": self.fp,
         }
-        atomic_write_text(folder / "done.json", json.dumps(meta, indent=2) + "\n")
+        if self.writes:
+            self.write_sketch(stem, points[kept], half_widths[kept], self.canvas)
+            save_torch(folder / "state.pt", state)
+            save_torch(folder / "sketch.pt", {"points": points, "half_widths": half_widths, "kept": kept})
+            atomic_write_text(folder / "done.json", json.dumps(meta, indent=2) + "\n")  # last: the stage is done
         self.timings.append({k: meta[k] for k in ("part", "layer", "level", "seconds")})
-        return Stage(folder, meta, points, half_widths, kept)
+        return Stage(folder, meta, points, half_widths, kept, state)
 
     def write_sketch(self, stem: Path, points: torch.Tensor, half_widths: torch.Tensor, size: int) -> None:
         """``stem``.svg and ``stem``.png of strokes points [K, 4, 2], half_widths [K] on a size x size canvas."""
@@ -207,7 +132,7 @@ class SceneRunner:
         target = self.inputs.target(part, self.canvas)
         results = [self.init(target, cfg.strokes, torch.Generator().manual_seed(s)) for s in cfg.seeds]
         initial = torch.stack([r.points for r in results])  # [S, N, 4, 2]
-        if results[0].saliency is not None:
+        if results[0].saliency is not None and self.writes:
             from ..init import overlay
 
             save_png(folder / "attention.png", overlay(target, results[0].saliency, results[0].starts))
@@ -277,6 +202,8 @@ class SceneRunner:
             all_points.append(layers[part][0])
             all_widths.append(layers[part][1])
         points, widths = torch.cat(all_points), torch.cat(all_widths)
+        if not self.writes:
+            return int(points.shape[0])
         write_svg((folder / "combined").with_suffix(".svg"), points, widths, torch.ones_like(widths), size, size)
         image = None
         for part in PARTS:
@@ -298,71 +225,33 @@ class SceneRunner:
             return self.renderer.render(Strokes(points[None].float(), half_widths[None].float(), ones[None].float()),
                                         size, size)[0].clone()
 
+    def say(self, line: str) -> None:
+        if self.writes:  # one report per run, not one per DDP rank
+            print(line, flush=True)
+
     def row(self, layer: int, last_level: int) -> None:
         parts = [p for p in PARTS if p in self.cfg.parts]
         previous = {part: self.fidelity(part, layer) for part in parts}
         kept = self.combine(previous, cell_dir(self.root, layer, None))
-        print(f"scene cell layer {layer} fidelity: {kept} strokes", flush=True)
+        self.say(f"scene cell layer {layer} fidelity: {kept} strokes")
         ratios = {part: self.ratios(part, layer, previous[part]) for part in parts}
         for level in range(last_level + 1):
             folder = cell_dir(self.root, layer, level)
             current = {part: self.level(part, layer, level, previous[part], ratios[part][level]) for part in parts}
             kept = self.combine(current, folder)  # cheap; redone so a resumed cell always has its composite
-            print(f"scene cell layer {layer} level {level}: {kept} strokes ({folder})", flush=True)
+            self.say(f"scene cell layer {layer} level {level}: {kept} strokes ({folder})")
             previous = current
 
 
 # ------------------------------------------------------------------ outputs
-def collect(root: Path, cfg: DictConfig, fp: str) -> dict:
-    """Per-row fidelity and per-cell results of everything finished on disk."""
-    parts = [p for p in PARTS if p in cfg.parts]
-    rows, cells = [], []
-    for layer in cfg.layers:
-        stages = {p: load_stage(cell_dir(root, layer, None) / p, fp) for p in parts}
-        if all(stages.values()):
-            rows.append({"layer": int(layer), "loss": {p: s.loss for p, s in stages.items()},
-                         "strokes_kept": {p: s.meta["strokes_kept"] for p, s in stages.items()},
-                         "seconds": sum(s.meta["seconds"] for s in stages.values()),
-                         "files": str(cell_dir(root, layer, None).relative_to(root))})
-        for level in range(cfg.levels):
-            stages = {p: load_stage(cell_dir(root, layer, level) / p, fp) for p in parts}
-            if not all(stages.values()):
-                continue
-            kept = {p: s.meta["strokes_kept"] for p, s in stages.items()}
-            cells.append({
-                "layer": int(layer), "level": level,
-                "ratio": {p: s.meta["ratio"] for p, s in stages.items()},
-                "strokes_kept": {**kept, "combined": sum(kept.values())},
-                "loss": {p: s.loss for p, s in stages.items()},
-                "seconds": sum(s.meta["seconds"] for s in stages.values()),
-                "files": str(cell_dir(root, layer, level).relative_to(root)),
-            })
-    return {"fidelity": rows, "cells": cells}
-
-
-def write_matrix(root: Path, cfg: DictConfig, results: dict) -> Path:
-    """``matrix.png``: rows = layers, columns = simplicity levels, each tile the combined sketch."""
-    layers, levels = list(cfg.layers), cfg.levels
-    tiles, captions = {}, {}
-    for cell in results["cells"]:
-        r, c = layers.index(cell["layer"]), cell["level"]
-        with Image.open(root / cell["files"] / "combined.png") as im:
-            tiles[(r, c)] = im.copy()
-        captions[(r, c)] = f"{cell['strokes_kept']['combined']} strokes"
-    picture = matrix_picture(tiles, [f"layer {layer}" for layer in layers], [f"level {k}" for k in range(levels)],
-                             captions, cfg.tile_size,
-                             title=f"{Path(str(resolve_target(cfg.target))).name}: rows = fidelity (ViT block), "
-                                   "columns = simplicity")
-    return save_png(root / "matrix.png", picture)
-
-
 def run_scene(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
     """Run (or resume) the scene matrix of ``cfg.target``; returns the summary written to summary.json.
 
     ``callbacks``: extra Lightning callbacks for every stage (the web app's watcher)."""
-    from ..runs import ensure_writable
+    from ..runs import ensure_writable, writes_outputs
 
     validate(cfg)
+    writes = writes_outputs()
     root = Path(cfg.matrix_dir or run_dir)
     ensure_writable(root)
     wanted = parse_cells(cfg.cells, list(cfg.layers), cfg.levels)
@@ -370,14 +259,17 @@ def run_scene(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = Non
         cfg.target, list(cfg.parts), cfg.mask, cfg.background, cfg.max_size, cfg.square,
         cfg.dilation, cfg.inpaint_radius, cfg.inpaint_method, cfg.resize_obj,
         cfg.object_fraction, cfg.mask_model, cfg.lama_weights)
-    fp = check_matrix_dir(root, cfg)
-    inputs.save(root / "inputs")
-    atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    fp = check_matrix_dir(root, cfg, write=writes)
+    if writes:
+        inputs.save(root / "inputs")
+        atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
-    runner = SceneRunner(cfg, root, inputs, fp, callbacks)
+    runner = SceneRunner(cfg, root, inputs, fp, callbacks, writes)
     for layer, last_level in wanted.items():
         runner.row(layer, last_level)
     wall = time.perf_counter() - start
+    if not writes:  # a DDP rank > 0: rank 0 collects and writes the results
+        return {"this_run": {"wall_time_s": wall, "stages": runner.timings}, "writes": False}
     results = collect(root, cfg, fp)
     matrix = write_matrix(root, cfg, results)
     expected = len(cfg.layers) * cfg.levels

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import DictConfig
 from PIL import Image
 
 from ..errors import ClipassoError
+from ..images import resolve_target, save_png
 from ..pictures import GridLayout, Tile, font, labelled_grid, wrap_text
 
 CELL_HINT = "use layer<l> for a row or layer<l>/level<k> for a cell, e.g. cells=[layer2,layer8/level3]"
@@ -76,3 +78,19 @@ def matrix_picture(tiles: dict[tuple[int, int], Image.Image | None], row_labels:
     cells = {(r, c): Tile(tiles.get((r, c)), captions.get((r, c), "")) for r in range(rows) for c in range(cols)}
     notes = [((gap, gap + i * line_h), line, fs) for i, line in enumerate(title_lines)]
     return labelled_grid(cells, row_labels, col_labels, layout, notes)
+
+
+def write_matrix(root: Path, cfg: DictConfig, results: dict) -> Path:
+    """``matrix.png``: rows = layers, columns = simplicity levels, each tile the combined sketch."""
+    layers, levels = list(cfg.layers), cfg.levels
+    tiles, captions = {}, {}
+    for cell in results["cells"]:
+        r, c = layers.index(cell["layer"]), cell["level"]
+        with Image.open(root / cell["files"] / "combined.png") as im:
+            tiles[(r, c)] = im.copy()
+        captions[(r, c)] = f"{cell['strokes_kept']['combined']} strokes"
+    picture = matrix_picture(tiles, [f"layer {layer}" for layer in layers], [f"level {k}" for k in range(levels)],
+                             captions, cfg.tile_size,
+                             title=f"{Path(str(resolve_target(cfg.target))).name}: rows = fidelity (ViT block), "
+                                   "columns = simplicity")
+    return save_png(root / "matrix.png", picture)
