@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     summary_file = sketch_dir / "summary.json"
     if summary_file.is_file():
         s = json.loads(summary_file.read_text())
-        lines += ["| | |", "|---|---|", *summary_rows(s, ["steps_run", "seconds_per_step", "wall_time_s", "best_loss",
-                                                            "best_seed", "best_step", "renderer"]),
+        lines += ["| | |", "|---|---|", *summary_rows(s, ["steps_run", "skipped_steps", "seconds_per_step", "wall_time_s",
+                                                            "best_loss", "best_seed", "best_step", "renderer"]),
                   f"| whole command, s (model load, init, training, outputs) | {results['sketch']['wall_s']:.1f} |"]
     else:
         lines += ["```", tail(results["sketch"]["log"]), "```"]
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         ddp_summary = ddp_dir / "summary.json"
         if ddp_summary.is_file():
             s = json.loads(ddp_summary.read_text())
-            lines += ["| | |", "|---|---|", *summary_rows(s, ["steps_run", "rank_steps", "world_size", "rank_divergence",
-                                                                "seconds_per_step"])]
+            lines += ["| | |", "|---|---|", *summary_rows(s, ["steps_run", "skipped_steps", "rank_steps", "world_size",
+                                                                "rank_divergence", "seconds_per_step"])]
         else:
             lines += ["```", tail(results["ddp"]["log"]), "```"]
     out = Path(args.out)
