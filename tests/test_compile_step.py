@@ -58,3 +58,22 @@ def test_step_compiles_as_one_graph_with_eager_loss_terms(overrides):
 def test_compile_backend_is_checked():
     with pytest.raises(ClipassoError, match="compile_backend=nonsense"):
         tiny_module("compile=step", "compile_backend=nonsense")
+
+
+@pytest.mark.slow
+def test_compiled_run_keeps_one_graph_through_its_evals(tmp_path):
+    """A whole compiled run through the installed command, evals every 5 steps. The graph read the
+    renderer's float sizes and whether its peak was None, so every eval's refit recompiled it and the
+    ninth recompile ended the run (dynamo's recompile limit under fullgraph=True). Now the sizes reach
+    the graph as ints fixed before each step, and they only grow: no recompile, no skipped step."""
+    import json
+
+    from cli_runs import cli
+
+    run = tmp_path / "run"
+    res = cli("sketch", "preset=smoke", "compile=step", "compile_backend=aot_eager", "steps=60", "eval_interval=5",
+              "logger=none", f"hydra.run.dir={run}", env={"TORCH_LOGS": "recompiles"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps_run"] == 60 and summary["skipped_steps"] == 0
+    assert (res.stdout + res.stderr).count("Recompiling function step_terms") == 0

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .accel import StepCompiler
 from .clip.text import with_text_term
 from .init.stroke_init import seed_inits
+from .render.renderers import TorchRenderer
 from .strokes import Strokes, points_per_stroke
 from .training.ddp import from_rank0, rank_agreement, rank_generators
 from .training.nonfinite import NonfiniteSteps, all_finite
@@ -92,6 +93,8 @@ class SketchModule(SketchingModule):
         self.text_weight = float(text_weight)
         # compile=step: a torch.compile backend name for step_terms (None: eager); compiled on first use.
         self.step_compiler = StepCompiler(compile_step)
+        if compile_step and isinstance(renderer, TorchRenderer):  # from the first (eval) render on: grow, never shrink
+            renderer.compiled = True
         self.loss_fn = loss
         self.augment = augment
         self.init = init
@@ -228,6 +231,10 @@ class SketchModule(SketchingModule):
             self.last_eval = None
         points, opacities = self.visible()
         views = self.augment.device_params(self.augment_generators, self.height, self.width, points.device, points.dtype)
+        if self.step_compiler.backend and isinstance(self.renderer, TorchRenderer):
+            # The compiled graph reads the render's sizes; they are fixed here, eagerly, outside it.
+            self.renderer.before_static_render(points.shape[0] * points.shape[1] * self.num_segments, self.num_segments,
+                                               points.device)
         terms = self.step_function()(points, opacities, views)
         self.last_train = {k: v.detach() for k, v in terms.items()}
         # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.

@@ -93,6 +93,9 @@ class Budget:
     # A fitted size is its need times HEADROOM; it is refitted when a need passes GROW of
     # it or falls under SHRINK of it (hysteresis: small changes keep the sizes).
     HEADROOM = 1.25
+    # For a compiled step, where each change of sizes recompiles its graph: sizes only grow, and
+    # by twice the need, so a run changes them a few times (log2 of how much its strokes grow).
+    COMPILED_HEADROOM = 2.0
     GROW = 0.9
     SHRINK = 0.4
     # Smallest fitted per-stroke sizes (a moment with every stroke off the canvas needs 0).
@@ -105,16 +108,19 @@ class Budget:
         return Capacity(_grid(self.chords * b), _grid(self.patch * b), _grid(self.pairs * b),
                         _grid(path * b), tuple(int(w) for w in self.window))
 
-    def fit(self, per_stroke: list[float], window: tuple[int, int], shrink: bool = True) -> "Budget":
+    def fit(self, per_stroke: list[float], window: tuple[int, int], shrink: bool = True,
+            headroom: float | None = None) -> "Budget":
         """A budget for measured per-stroke needs (chords, patch, pairs, path_patch) and window.
 
         Each size is kept while its need stays between SHRINK and GROW of it (or just below GROW
-        of it, with ``shrink=False``), else set to the need times HEADROOM; the window only grows."""
+        of it, with ``shrink=False``), else set to the need times ``headroom`` (HEADROOM); the
+        window only grows."""
+        headroom = self.HEADROOM if headroom is None else headroom
         sizes = []
         for have, need, floor in zip((self.chords, self.patch, self.pairs, self.path_patch), per_stroke, self.FLOOR):
             need = float(need)
             low = self.SHRINK * have if shrink else 0.0
             keep = low <= need <= self.GROW * have or need == 0  # 0: not measured (segments = 1)
-            sizes.append(have if keep else max(need * self.HEADROOM, floor))
+            sizes.append(have if keep else max(need * headroom, floor))
         win = (max(self.window[0], int(window[0])), max(self.window[1], int(window[1])))
         return Budget(*sizes, window=win)

@@ -15,7 +15,7 @@ from torch import Tensor
 from ..accel import host_side
 from ..errors import ClipassoError
 from ..strokes import Strokes
-from .capacity import Budget, Capacity
+from .capacity import NEEDS, Budget, Capacity
 from .core import rasterize
 
 DIFFVG_MISSING = (
@@ -50,10 +50,14 @@ class TorchRenderer:
     each static render also sends its needs to the host without waiting (a pinned buffer and an
     event on CUDA) and the next static render grows ``budget`` from them once they have
     arrived (it never shrinks there): an overflow then takes a jump of more than HEADROOM in one
-    step. Sizes never change
-    a render's values (padding draws nothing), so when the refit lands does not matter. Under
-    ``compile=step`` the step is one graph and this per-step refit is off (sizes change on eval
-    steps only, so the graph is recompiled rarely).
+    step. Sizes never change a render's values (padding draws nothing), so when the refit lands
+    does not matter.
+
+    Under ``compile=step`` the render is traced into the step's graph, so what the graph reads of
+    this object must change only when the sizes do: the step calls :meth:`before_static_render`
+    eagerly first (the growth, and the sizes as ints in ``planned``), ``peak`` and ``overflows``
+    stay tensors, and the graph never reads ``budget``'s floats. A graph is then recompiled only
+    when the sizes change (rarely: the grid and the hysteresis), never at an eval step's refit.
     """
 
     def __init__(self, budget: Budget | None = None) -> None:
@@ -63,6 +67,8 @@ class TorchRenderer:
         self._sent: Tensor | None = None  # [6]: the last static render's per-stroke needs, on the host
         self._arrived = None  # torch.cuda.Event of that copy (None: a CPU copy, there at once)
         self._unread = False  # whether ``_sent`` holds needs not yet refitted to
+        self.planned: tuple[int, int, Capacity] | None = None  # (strokes, segments, sizes) of the next static render
+        self.compiled = False  # a compiled step renders (set by its module): sizes only grow, by COMPILED_HEADROOM
 
     def capacity(self, num_strokes: int, segments: int = 1) -> Capacity:
         """The static sizes for ``num_strokes`` one-cubic strokes (S x N x segments)."""
@@ -74,20 +80,38 @@ class TorchRenderer:
         args = (strokes.points, strokes.half_widths, strokes.opacities)
         num = strokes.num_sketches * strokes.num_strokes
         tracked = torch.is_grad_enabled() and any(a.requires_grad for a in args)
-        per_step = tracked and num > 0 and not torch.compiler.is_compiling()
-        if per_step:
-            self._refit_from_sent()
-        capacity = self.capacity(num, segments) if tracked and num > 0 else None
+        static = tracked and num > 0
+        eager = not torch.compiler.is_compiling()
+        if static and eager:
+            self.before_static_render(num, segments, strokes.points.device)
+        capacity = None
+        if static:  # traced without a plan for this shape, the sizes come from the budget (the step plans first)
+            planned = self.planned
+            capacity = planned[2] if planned is not None and planned[:2] == (num, segments) else self.capacity(num, segments)
         rgb, needs, over = rasterize(*args, height, width, segments, capacity)
         per_stroke = torch.cat((needs[:4] / max(num, 1), needs[4:])).detach()
-        if capacity is not None:
+        if static:
             self.peak = per_stroke if self.peak is None else torch.maximum(self.peak, per_stroke)
             self.overflows = over.long() if self.overflows is None else self.overflows + over
-            if per_step:
+            if eager:
                 self._send(per_stroke)
         elif num > 0:
             self.refit(per_stroke)
         return rgb
+
+    def before_static_render(self, num_strokes: int, segments: int, device: torch.device) -> None:
+        """Eager work before a static render of ``num_strokes`` one-cubic strokes of ``segments``: grow
+        ``budget`` from needs that reached the host, fix the sizes in ``planned``, and make ``peak`` and
+        ``overflows`` tensors. For a compiled step (``compiled``), which cannot send from inside its
+        graph: start sending ``peak``, the needs of the steps so far, to be read before a later step."""
+        self._refit_from_sent()
+        if self.peak is None:
+            self.peak = torch.zeros(len(NEEDS), device=device)
+        if self.overflows is None:
+            self.overflows = torch.zeros((), dtype=torch.long, device=device)
+        if self.compiled:
+            self._send(self.peak)
+        self.planned = (num_strokes, segments, self.capacity(num_strokes, segments))
 
     def _send(self, per_stroke: Tensor) -> None:
         """Start copying ``per_stroke`` [6] to the host; on CUDA without blocking (pinned memory)."""
@@ -110,7 +134,7 @@ class TorchRenderer:
         self._unread = False
         # Grow only: a training step's needs are one sample (a scene's MLP can jump between steps); the
         # exact renders of eval steps are where sizes may also shrink.
-        self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])), shrink=False)
+        self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])), shrink=False, headroom=self._headroom())
 
     def refit(self, per_stroke: Tensor | None = None) -> Budget:
         """Refit ``budget`` to the peak needs of the static renders since the last refit and
@@ -118,9 +142,14 @@ class TorchRenderer:
         needs = [t for t in (self.peak, per_stroke) if t is not None]
         if needs:
             top = torch.stack([t.to(needs[0].device) for t in needs]).amax(0).tolist()
-            self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])))
-            self.peak = None
+            self.budget = self.budget.fit(top[:4], (int(top[4]), int(top[5])), shrink=not self.compiled,
+                                          headroom=self._headroom())
+            # zeros, not None: a compiled step's graph reads ``peak``; its type must not change
+            self.peak = None if self.peak is None else torch.zeros_like(self.peak)
         return self.budget
+
+    def _headroom(self) -> float:
+        return self.budget.COMPILED_HEADROOM if self.compiled else self.budget.HEADROOM
 
     def __repr__(self) -> str:
         return "TorchRenderer()"
