@@ -110,6 +110,8 @@ class TorchRenderer:
         if self.overflows is None:
             self.overflows = torch.zeros((), dtype=torch.long, device=device)
         if self.compiled:
+            # Fresh copies: under CUDA graphs the last replay's outputs may be overwritten by the next.
+            self.peak, self.overflows = self.peak.clone(), self.overflows.clone()
             self._send(self.peak)
         self.planned = (num_strokes, segments, self.capacity(num_strokes, segments))
 
