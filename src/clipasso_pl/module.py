@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from .accel import StepCompiler
 from .clip.text import with_text_term
 from .init.stroke_init import seed_inits
-from .render.renderers import TorchRenderer
 from .strokes import Strokes, points_per_stroke
+from .training.compiled import mark_compiled, plan_compiled_render
 from .training.ddp import from_rank0, rank_agreement, rank_generators
 from .training.nonfinite import NonfiniteSteps, all_finite
 from .training.objective import augmented_terms, plain_terms
@@ -93,8 +93,7 @@ class SketchModule(SketchingModule):
         self.text_weight = float(text_weight)
         # compile=step: a torch.compile backend name for step_terms (None: eager); compiled on first use.
         self.step_compiler = StepCompiler(compile_step)
-        if compile_step and isinstance(renderer, TorchRenderer):  # from the first (eval) render on: grow, never shrink
-            renderer.compiled = True
+        mark_compiled(renderer, compile_step)
         self.loss_fn = loss
         self.augment = augment
         self.init = init
@@ -231,10 +230,8 @@ class SketchModule(SketchingModule):
             self.last_eval = None
         points, opacities = self.visible()
         views = self.augment.device_params(self.augment_generators, self.height, self.width, points.device, points.dtype)
-        if self.step_compiler.backend and isinstance(self.renderer, TorchRenderer):
-            # The compiled graph reads the render's sizes; they are fixed here, eagerly, outside it.
-            self.renderer.before_static_render(points.shape[0] * points.shape[1] * self.num_segments, self.num_segments,
-                                               points.device)
+        if self.step_compiler.backend:
+            plan_compiled_render(self.renderer, points, self.num_segments)
         terms = self.step_function()(points, opacities, views)
         self.last_train = {k: v.detach() for k, v in terms.items()}
         # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.

@@ -6,5 +6,6 @@
 - ``objective``: the augment -> CLIP -> loss step; ``records``: what one eval leaves;
 - ``optim``: fused Adam on the points, the on-device skip of a non-finite step, resume across devices;
 - ``nonfinite``: counting skipped steps on the device; ``stages``: strokes added in stages;
-- ``ddp``: what the ranks agree on; ``steps``: the step-index data loader.
+- ``ddp``: what the ranks agree on; ``steps``: the step-index data loader;
+- ``compiled``: the renderer's sizes fixed outside a compiled step's graph.
 """
