@@ -112,15 +112,23 @@ class Budget:
             headroom: float | None = None) -> "Budget":
         """A budget for measured per-stroke needs (chords, patch, pairs, path_patch) and window.
 
-        Each size is kept while its need stays between SHRINK and GROW of it (or just below GROW
-        of it, with ``shrink=False``), else set to the need times ``headroom`` (HEADROOM); the
-        window only grows."""
+        Each size is kept while its need stays between SHRINK and GROW of it, else set to the need
+        times ``headroom`` (HEADROOM); the window only grows. With ``shrink=False`` sizes only grow,
+        and when one must, all grow to their need times ``headroom`` at once (the needs grow together
+        as strokes lengthen, so that is one change of sizes instead of one per size)."""
         headroom = self.HEADROOM if headroom is None else headroom
+        haves = (self.chords, self.patch, self.pairs, self.path_patch)
+        needs = [float(n) for n in per_stroke]
+        if not shrink:
+            if all(need <= self.GROW * have for have, need in zip(haves, needs)):
+                return Budget(*haves, window=self._window(window))
+            return Budget(*(max(have, need * headroom) for have, need in zip(haves, needs)), window=self._window(window))
         sizes = []
-        for have, need, floor in zip((self.chords, self.patch, self.pairs, self.path_patch), per_stroke, self.FLOOR):
-            need = float(need)
-            low = self.SHRINK * have if shrink else 0.0
-            keep = low <= need <= self.GROW * have or need == 0  # 0: not measured (segments = 1)
+        for have, need, floor in zip(haves, needs, self.FLOOR):
+            keep = self.SHRINK * have <= need <= self.GROW * have or need == 0  # 0: not measured (segments = 1)
             sizes.append(have if keep else max(need * headroom, floor))
-        win = (max(self.window[0], int(window[0])), max(self.window[1], int(window[1])))
-        return Budget(*sizes, window=win)
+        return Budget(*sizes, window=self._window(window))
+
+    def _window(self, window: tuple[int, int]) -> tuple[int, int]:
+        """The window grown to ``window`` (it never shrinks)."""
+        return max(self.window[0], int(window[0])), max(self.window[1], int(window[1]))
