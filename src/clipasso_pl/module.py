@@ -230,8 +230,7 @@ class SketchModule(SketchingModule):
             self.last_eval = None
         points, opacities = self.visible()
         views = self.augment.device_params(self.augment_generators, self.height, self.width, points.device, points.dtype)
-        if self.step_compiler.backend:
-            plan_compiled_render(self.renderer, points, self.num_segments)
+        plan_compiled_render(self.renderer, points, self.num_segments)  # a no-op unless the step is compiled
         terms = self.step_function()(points, opacities, views)
         self.last_train = {k: v.detach() for k, v in terms.items()}
         # Summed, not averaged, so seed k's gradient does not depend on how many seeds share the batch.
